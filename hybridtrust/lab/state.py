@@ -1,0 +1,171 @@
+"""The lab organization: one JSON document that is the whole simulated world.
+
+Both lab servers (WinRM/PSRP for Exchange and SharePoint, Graph + token for Entra
+ID) read and change the same `LabState`, and the evidence-bundle builder turns it
+into the files an administrator's collector would write. Keeping the world in the
+vocabulary of the real products (Exchange's property names as `Get-*` returns
+them, Graph's JSON as Graph returns it) is what keeps the emulators faithful: the
+state is never a second model of our own facts.
+
+Layout (format ``hybridtrust-lab/1``)::
+
+    {
+      "format": "hybridtrust-lab/1",
+      "organization": {"Name": "Contoso", "Guid": "<exchange organization guid>",
+                       "AdDomain": "contoso.local"},
+      "exchange": {                       # on-premises Exchange, per cmdlet noun
+        "ExchangeServer": [{...}], "AuthServer": [...], "PartnerApplication": [...],
+        "AuthConfig": [{...}],            # exactly one object
+        "ExchangeCertificate": [{"Server": "EX01", "RawData": "<base64 DER>", ...}],
+        "OrganizationConfig": [{...}], "IntraOrganizationConnector": [...],
+        "AvailabilityAddressSpace": [...], "SettingOverride": [...],
+        "ClientAccessService": [...], "AcceptedDomain": [...], "User": [...],
+        "MailUser": [...], "ManagementRoleAssignment": [...],
+        "MapiVirtualDirectory": [...], "WebServicesVirtualDirectory": [...],
+        "OabVirtualDirectory": [...], "AutodiscoverVirtualDirectory": [...],
+        "ActiveSyncVirtualDirectory": [...], "OwaVirtualDirectory": [...],
+        "EcpVirtualDirectory": [...]
+      },
+      "exchange_online": {"IntraOrganizationConnector": [...]},
+      "sharepoint": {                     # the farm, per cmdlet noun / projection
+        "AuthenticationRealm": "<realm>",
+        "TrustedSecurityTokenIssuer": [...], "ServiceApplicationProxy": [...],
+        "AppPrincipal": [...], "SecurityTokenServiceConfig": {...},
+        "AuthenticationProvider": [...]
+      },
+      "tenants": {                        # Entra ID, per tenant id, Graph v1.0 JSON
+        "<tenant id>": {
+          "organization": {...}, "domains": [...],
+          "servicePrincipals": [...], "applications": [...],
+          "clients": [{"appId": ..., "displayName": ..., "secret": ...,
+                       "certificate": "<base64 DER>" | null,
+                       "permissions": ["Application.Read.All"]}]
+        }
+      },
+      "credentials": {"exchange": {"username": ..., "password": ...},
+                      "sharepoint": {"username": ..., "password": ...}}
+    }
+
+Exchange objects keep Exchange's property names and JSON-native values: strings,
+booleans, integers, ``null``; lists for multi-valued properties (enum lists hold
+the enum names, e.g. ``["Ntlm", "OAuth"]``); ISO 8601 strings for dates;
+certificates as base64 DER in ``RawData``. Every object carries ``Identity`` and
+``Guid``; virtual directories and certificates carry ``Server`` (the server Name).
+The lab's type table (``hybridtrust.lab.exchange_objects``) knows which
+properties are enums, dates, URIs or multi-valued, so the state stays plain JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+FORMAT = "hybridtrust-lab/1"
+
+EXCHANGE_NOUNS = (
+    "ExchangeServer",
+    "AuthServer",
+    "PartnerApplication",
+    "AuthConfig",
+    "ExchangeCertificate",
+    "OrganizationConfig",
+    "IntraOrganizationConnector",
+    "AvailabilityAddressSpace",
+    "SettingOverride",
+    "ClientAccessService",
+    "AcceptedDomain",
+    "User",
+    "MailUser",
+    "ManagementRoleAssignment",
+    "MapiVirtualDirectory",
+    "WebServicesVirtualDirectory",
+    "OabVirtualDirectory",
+    "AutodiscoverVirtualDirectory",
+    "ActiveSyncVirtualDirectory",
+    "OwaVirtualDirectory",
+    "EcpVirtualDirectory",
+)
+
+
+class LabStateError(ValueError):
+    """A lab state file that cannot be used; the message names the file and the key."""
+
+
+class LabState:
+    """The simulated organization, shared by every lab endpoint of one lab.
+
+    Endpoints serve requests from several threads: every read or change goes
+    through `lock`, and `changed()` persists the document when a state file was
+    given, so state outlives the process (``serve --state FILE``).
+    """
+
+    def __init__(self, document: dict[str, Any], path: Path | None = None) -> None:
+        if document.get("format") != FORMAT:
+            where = path or "<lab state>"
+            raise LabStateError(
+                f"{where}: key 'format' is {document.get('format')!r}, expected {FORMAT!r}"
+            )
+        self.document = document
+        self.path = path
+        self.lock = threading.RLock()
+
+    @classmethod
+    def load(cls, path: Path) -> LabState:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise LabStateError(f"{path}: cannot read the lab state: {error}") from error
+        return cls(document, path)
+
+    def copy(self) -> LabState:
+        return LabState(copy.deepcopy(self.document))
+
+    # -- the parts of the world -------------------------------------------------
+    @property
+    def exchange(self) -> dict[str, list[dict[str, Any]]]:
+        return self.document.setdefault("exchange", {})
+
+    @property
+    def exchange_online(self) -> dict[str, list[dict[str, Any]]]:
+        return self.document.setdefault("exchange_online", {})
+
+    @property
+    def sharepoint(self) -> dict[str, Any]:
+        return self.document.setdefault("sharepoint", {})
+
+    @property
+    def tenants(self) -> dict[str, dict[str, Any]]:
+        return self.document.setdefault("tenants", {})
+
+    @property
+    def credentials(self) -> dict[str, dict[str, str]]:
+        return self.document.setdefault("credentials", {})
+
+    def objects(self, noun: str) -> list[dict[str, Any]]:
+        """The on-premises Exchange objects of one cmdlet noun (``"AuthServer"``)."""
+        return self.exchange.setdefault(noun, [])
+
+    @contextmanager
+    def changing(self) -> Iterator[dict[str, Any]]:
+        """Hold the lock while a cmdlet or PATCH changes the world, then persist it."""
+        with self.lock:
+            yield self.document
+            self.save()
+
+    def save(self, path: Path | None = None) -> None:
+        """Write the document atomically (a crash never leaves half a state file)."""
+        target = path or self.path
+        if target is None:
+            return
+        text = json.dumps(self.document, indent=1, sort_keys=False)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
