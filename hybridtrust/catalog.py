@@ -47,8 +47,7 @@ ORGANIZATION = "entra:organization"
 APPLICATIONS = "entra:applications"
 
 VDIRS_HMA = tuple(
-    f"{EXCHANGE}Get-{kind}VirtualDirectory"
-    for kind in ("Mapi", "WebServices", "Oab", "Autodiscover", "ActiveSync")
+    f"{EXCHANGE}Get-{kind}VirtualDirectory" for kind in ("Mapi", "WebServices", "Oab", "Autodiscover", "ActiveSync")
 )
 VDIRS_OWA_ECP = (f"{EXCHANGE}Get-OwaVirtualDirectory", f"{EXCHANGE}Get-EcpVirtualDirectory")
 
@@ -528,8 +527,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "high",
         "farm",
         "S4",
-        "$c = Get-SPSecurityTokenServiceConfig; $c.AllowOAuthOverHttp = <true for http, false for https>; "
-        "$c.Update()",
+        "$c = Get-SPSecurityTokenServiceConfig; $c.AllowOAuthOverHttp = <true for http, false for https>; $c.Update()",
         (f"{SHAREPOINT}Get-HybridTrustSecurityTokenServiceConfig",),
     ),
     _r(
@@ -572,8 +570,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "critical",
         "farm",
         "S4",
-        "Set-SPAuthenticationRealm -realm <tenant id> (S4 warns: this breaks existing trusts that use the old "
-        "realm)",
+        "Set-SPAuthenticationRealm -realm <tenant id> (S4 warns: this breaks existing trusts that use the old realm)",
         (f"{SHAREPOINT}Get-SPAuthenticationRealm",),
         risky=True,
     ),

@@ -77,9 +77,7 @@ def read_clixml_file(path: Path, where: str | None = None) -> list[PSRecord]:
         if raw.startswith(b"\xff\xfe"):
             text = raw.decode("utf-16")
         else:
-            raise ClixmlError(
-                f"{where}: not UTF-8 or UTF-16 text; export it again with Export-Clixml"
-            ) from None
+            raise ClixmlError(f"{where}: not UTF-8 or UTF-16 text; export it again with Export-Clixml") from None
     return parse_clixml(text, where)
 
 

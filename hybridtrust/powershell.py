@@ -134,9 +134,7 @@ def record(value: PSObject) -> PSRecord:
         try:
             properties[prop.name] = plain(prop.get_value(value))
         except Exception as error:  # a property getter of psrpcore failing is a parse error of ours
-            raise ValueError(
-                f"property {prop.name!r} of {info.to_string!r} cannot be read: {error}"
-            ) from error
+            raise ValueError(f"property {prop.name!r} of {info.to_string!r} cannot be read: {error}") from error
     text = info.to_string
     if text is None and not properties and isinstance(value, str | int | float):
         text = str(value)
@@ -147,9 +145,7 @@ def records(values: list[Any]) -> list[PSRecord]:
     """Top-level output objects of a cmdlet as records (strings become text-only records)."""
     result: list[PSRecord] = []
     for value in values:
-        if isinstance(value, PSObject) and (
-            value.PSObject.adapted_properties or value.PSObject.extended_properties
-        ):
+        if isinstance(value, PSObject) and (value.PSObject.adapted_properties or value.PSObject.extended_properties):
             result.append(record(value))
         else:
             normal = plain(value)
