@@ -53,6 +53,28 @@ certificates as base64 DER in ``RawData``. Every object carries ``Identity`` and
 ``Guid``; virtual directories and certificates carry ``Server`` (the server Name).
 The lab's type table (``hybridtrust.lab.exchange_objects``) knows which
 properties are enums, dates, URIs or multi-valued, so the state stays plain JSON.
+
+Further keys the lab builders (``hybridtrust.lab.contoso``) write and the lab
+endpoints read, all optional:
+
+- ``organization``: ``DomainController`` (OriginatingServer, the ``<dc>`` of
+  object-not-found errors), ``PartitionGuid``, ``WhenCreated`` (default object
+  dates), ``SmtpDomains`` (on-premises primary SMTP domains),
+  ``NamespaceCertificateAuthority`` (base64 DER of the CA of the namespace cert).
+- ``ExchangeCertificate`` objects: ``Server`` and ``Identity`` (``EX01\\<thumbprint>``)
+  are the lab's bookkeeping; only ``RawData`` is a property of the real object.
+- ``sharepoint``: ``AppPrincipal[].Site`` (the site it is registered on),
+  ``ServiceApplicationProxy[].DefaultProxyGroup`` (membership of the default
+  proxy group, which the collector notes on each proxy), and the projections
+  ``SecurityTokenServiceConfig`` {Name, AllowOAuthOverHttp, SigningCertificate
+  (base64 DER), WebApplicationUrl} and ``AuthenticationProvider`` [{WebApplicationUrl,
+  Zone, DisplayName, ClaimProviderName, UseWindowsIntegratedAuthentication,
+  DisableKerberos, UseBasicAuthentication, AllowAnonymous}].
+- ``tenants.<id>``: ``stsSigningCertificates`` (base64 DER the tenant's token
+  service signs with; the AuthServers' CertificateStrings carry the same), and
+  per client ``certificate_private_key`` (PEM, lab secret like ``secret``).
+- ``lab``: ``{"servers_down": ["EX03"]}``: servers whose IIS does not answer, so
+  ``Get-*VirtualDirectory`` without ``-ADPropertiesOnly`` fails for them.
 """
 
 from __future__ import annotations
