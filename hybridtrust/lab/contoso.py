@@ -597,6 +597,7 @@ def _exchange(
             "UserPrincipalName": f"{EXCHANGE_APPLICATION_ACCOUNT.replace(' ', '_')}@{AD_DOMAIN}",
             "RecipientType": "User",
             "RecipientTypeDetails": "DisabledUser",
+            "AccountDisabled": True,
             "IsLinked": False,
             "OrganizationalUnit": f"{AD_DOMAIN}/Users",
             "Identity": f"{AD_DOMAIN}/Users/{EXCHANGE_APPLICATION_ACCOUNT}",
@@ -610,6 +611,7 @@ def _exchange(
             "UserPrincipalName": f"{SFB_APPLICATION_ACCOUNT}@contoso.com",
             "RecipientType": "MailUser",
             "RecipientTypeDetails": "MailUser",
+            "AccountDisabled": False,
             "IsLinked": False,
             "OrganizationalUnit": f"{AD_DOMAIN}/Users",
             "Identity": f"{AD_DOMAIN}/Users/{SFB_APPLICATION_ACCOUNT}",
@@ -1012,7 +1014,7 @@ def _sharepoint(tenants_document: dict[str, Any], certificates: _Certificates) -
                 "TypeName": "Azure Access Control Service Application Proxy",
                 "MetadataEndpointUri": metadata,
                 "Id": _guid("sp-proxy", realm_tenant),
-                "DefaultProxyGroup": True,
+                "InDefaultProxyGroup": True,
             }
         ],
         "AppPrincipal": [

@@ -1130,15 +1130,15 @@ def sharepoint_object(noun: str, data: Mapping[str, Any]) -> PSObject:
             ("Status", SPObjectStatus.Online),
         ]
         obj = ps_object(SHAREPOINT_TYPES[noun], props, to_string=data["Name"])
-        # The collector notes proxy-group membership on each proxy (the proxy object
-        # itself does not know its groups; Get-SPServiceApplicationProxyGroup does).
-        if "DefaultProxyGroup" in data:
+        # The collector notes proxy-group membership on each proxy with Add-Member (the
+        # proxy itself does not know its groups; Get-SPServiceApplicationProxyGroup does).
+        if "InDefaultProxyGroup" in data:
             obj.PSObject.extended_properties.append(
-                PSNoteProperty("DefaultProxyGroup", bool(data["DefaultProxyGroup"]))
+                PSNoteProperty("InDefaultProxyGroup", bool(data["InDefaultProxyGroup"]))
             )
         return obj
     if noun == "AppPrincipal":
-        return ps_object(
+        principal = ps_object(
             SHAREPOINT_TYPES[noun],
             [
                 ("NameIdentifier", data["NameIdentifier"]),
@@ -1149,6 +1149,10 @@ def sharepoint_object(noun: str, data: Mapping[str, Any]) -> PSObject:
             ],
             to_string=data.get("EncodedIdentityClaim", data["NameIdentifier"]),
         )
+        # Get-SPAppPrincipal -Site answers for one site; the collector notes which with Add-Member.
+        if data.get("Site"):
+            principal.PSObject.extended_properties.append(PSNoteProperty("Site", data["Site"]))
+        return principal
     if noun == "SecurityTokenServiceConfig":
         signing = data.get("SigningCertificate")
         return _custom_object(

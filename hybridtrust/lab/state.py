@@ -64,7 +64,7 @@ endpoints read, all optional:
 - ``ExchangeCertificate`` objects: ``Server`` and ``Identity`` (``EX01\\<thumbprint>``)
   are the lab's bookkeeping; only ``RawData`` is a property of the real object.
 - ``sharepoint``: ``AppPrincipal[].Site`` (the site it is registered on),
-  ``ServiceApplicationProxy[].DefaultProxyGroup`` (membership of the default
+  ``ServiceApplicationProxy[].InDefaultProxyGroup`` (membership of the default
   proxy group, which the collector notes on each proxy), and the projections
   ``SecurityTokenServiceConfig`` {Name, AllowOAuthOverHttp, SigningCertificate
   (base64 DER), WebApplicationUrl} and ``AuthenticationProvider`` [{WebApplicationUrl,
