@@ -42,6 +42,10 @@ class SampleCertificate:
     """Private key and certificate in one PEM, as azure-identity's CertificateCredential reads it."""
 
     @property
+    def private_key_pem(self) -> str:
+        return self.pem.decode("ascii").split("-----BEGIN CERTIFICATE-----")[0]
+
+    @property
     def b64(self) -> str:
         return base64.b64encode(self.der).decode("ascii")
 
@@ -323,6 +327,7 @@ def sample_graph_world(
                     "displayName": f"hybridtrust {'audit' if client is reader else 'remediation'}",
                     "secret": client.secret,
                     "certificate": client.certificate.b64 if client.certificate else None,
+                    "certificate_private_key": client.certificate.private_key_pem if client.certificate else None,
                     "permissions": list(client.permissions),
                 }
                 for client in (reader, writer)

@@ -45,6 +45,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -617,9 +618,9 @@ class GraphLabServer:
                         {
                             "client_id": client.get("appId"),
                             "client_secret": client.get("secret"),
+                            "certificate_file": self._client_certificate_file(client),
                             "display_name": client.get("displayName"),
                             "permissions": sorted(permissions),
-                            "has_certificate": bool(client.get("certificate")),
                         },
                     )
                 tenants[tenant_id] = apps
@@ -631,6 +632,23 @@ class GraphLabServer:
             "tenant_ids": list(tenants),
             "tenants": tenants,
         }
+
+    def _client_certificate_file(self, client: Mapping[str, Any]) -> str | None:
+        """A PEM (key + certificate) for CertificateCredential, in the lab's private directory."""
+        key_pem = client.get("certificate_private_key")
+        certificate = client.get("certificate")
+        if not key_pem or not certificate or self._tls is None:
+            return None
+        der = base64.b64decode(certificate)
+        pem = str(key_pem).encode() + x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        folder = self._tls.directory / "clients"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{client.get('appId')}.pem"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+        return str(path)
 
     # -- tokens --------------------------------------------------------------------
     def _graph_resources(self) -> frozenset[str]:

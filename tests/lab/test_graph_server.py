@@ -627,6 +627,17 @@ def test_describe_names_what_a_client_needs(lab: GraphLabServer, world: SampleGr
     assert description["tenant_ids"] == world.tenant_ids
     assert description["tenants"][tenant_id]["read_only"]["client_id"] == world.read_only[tenant_id].app_id
     assert description["tenants"][tenant_id]["read_write"]["client_id"] == world.read_write[tenant_id].app_id
+    # The certificate file works with CertificateCredential as printed.
+    reader = description["tenants"][tenant_id]["read_only"]
+    credential = CertificateCredential(
+        tenant_id,
+        reader["client_id"],
+        certificate_path=reader["certificate_file"],
+        authority=description["authority"],
+        disable_instance_discovery=True,
+        connection_verify=description["ca_file"],
+    )
+    assert credential.get_token(description["scope"]).token
 
 
 # -- helpers ------------------------------------------------------------------------------
