@@ -222,6 +222,8 @@ class _NTLMUserFile:
 
 # --------------------------------------------------------------------------- faults
 FAULT_KINDS = ("refuse", "http_status", "stall", "reset_receive", "operation_timeout")
+# The action name of a Receive for a command's output (a Receive is also "Receive").
+COMMAND_RECEIVE = "Receive(command)"
 
 
 @dataclass
@@ -253,6 +255,8 @@ class FaultPlan:
     def refuse(self, *, times: int | None = None) -> None:
         """Reset connections without an answer (the client sees a connection error)."""
         self._arm("refuse", 0, times, None)
+        # Connections are reset as soon as they are accepted (and requests on open ones), which
+        # a client sees as "connection reset", the closest a listening socket gets to "refused".
 
     def http_status(self, status: int, *, times: int | None = None, action: str | None = None) -> None:
         """Answer with this HTTP status (500, 401, 403, ...) instead of processing the request."""
@@ -263,12 +267,17 @@ class FaultPlan:
         self._arm("stall", seconds, times, action)
 
     def reset_receive(self, *, times: int | None = None) -> None:
-        """Reset the connection in the middle of a Receive response."""
+        """Reset the connection in the middle of a Receive response (its output is lost)."""
         self._arm("reset_receive", 0, times, "Receive")
 
-    def operation_timeout(self, *, times: int | None = None) -> None:
-        """Answer Receive with WinRM's OperationTimeout fault (w:TimedOut, 2150858793)."""
-        self._arm("operation_timeout", 0, times, "Receive")
+    def operation_timeout(self, *, times: int | None = None, pool_receives: bool = False) -> None:
+        """Answer Receive with WinRM's OperationTimeout fault (w:TimedOut, 2150858793).
+
+        By default only a command's Receive times out, which pypsrp answers by polling again
+        (a slow cmdlet); with ``pool_receives`` the Receives that open a runspace pool too,
+        which pypsrp does not retry.
+        """
+        self._arm("operation_timeout", 0, times, "Receive" if pool_receives else COMMAND_RECEIVE)
 
     def clear(self) -> None:
         """Remove every fault and the latency."""
@@ -276,11 +285,15 @@ class FaultPlan:
             self._armed.clear()
         self.latency_ms = 0
 
-    def take(self, kind: str, action: str | None = None) -> float | None:
-        """The value of an armed fault of ``kind`` matching ``action`` (consuming one use), or None."""
+    def take(self, kind: str, *actions: str | None) -> float | None:
+        """The value of an armed fault of ``kind`` for a request that is any of ``actions``, or None.
+
+        A fault limited to an action fires when that action is among ``actions``; one use is
+        consumed.
+        """
         with self._lock:
             for armed in self._armed:
-                if armed.kind != kind or (armed.action is not None and armed.action != action):
+                if armed.kind != kind or (armed.action is not None and armed.action not in actions):
                     continue
                 if armed.times is not None:
                     armed.times -= 1
@@ -421,6 +434,9 @@ class LabHTTPServer(ThreadingHTTPServer):
         # delayed ACK would add ~40 ms to every response.
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.faults.take("refuse") is not None:
+            _reset(request)  # before any TLS: the client sees a reset connection, not a TLS error
+            return
         if self.tls_context is not None:
             try:
                 request.settimeout(10)
@@ -432,9 +448,6 @@ class LabHTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.add(connection)
         try:
-            if self.faults.take("refuse") is not None:
-                _reset(connection)
-                return
             self.RequestHandlerClass(connection, client_address, self)
         finally:
             with self._connections_lock:
@@ -535,6 +548,10 @@ class _Handler(BaseHTTPRequestHandler):
         stall = server.faults.take("stall", action)
         if stall:
             server.stopping.wait(stall)
+            if _peer_closed(self.connection):
+                # The client gave up (read timeout) while we were "hung": like a server that never got
+                # to the request, nothing is processed, so a retried Receive loses no output.
+                raise _Abort
         status = server.faults.take("http_status", action)
         if status is not None:
             self._fault_status(int(status))
@@ -657,6 +674,16 @@ class _Handler(BaseHTTPRequestHandler):
         # Give the bytes a moment to leave before the RST overtakes them.
         time.sleep(0.01)
         raise _Abort
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """Whether the client closed its end (peeks at the raw socket, under TLS too, consuming nothing)."""
+    try:
+        return socket.socket.recv(connection, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _same_user(given: str, expected: str) -> bool:

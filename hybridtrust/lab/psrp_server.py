@@ -155,14 +155,27 @@ def error_record(error: BaseException, activity: str) -> RemoteErrorRecord:
 
 
 # --------------------------------------------------------------------------- parsing CREATE_PIPELINE
-def statements_of(pipeline: psrpcore.PowerShell) -> list[list[ParsedCommand]]:
-    """The statements of a CREATE_PIPELINE; raises PipelineError for what PowerShell cannot bind."""
-    statements: list[list[ParsedCommand]] = [[]]
+def statements_of(pipeline: psrpcore.PowerShell) -> list[list[ParsedCommand] | PipelineError]:
+    """The statements of a CREATE_PIPELINE, in order.
+
+    A statement PowerShell cannot bind (a parameter given twice, a positional argument no
+    parameter takes) is its `PipelineError` instead: like PowerShell, the statements before
+    it still run and the pipeline fails when it is reached.
+    """
+    statements: list[list[ParsedCommand] | PipelineError] = []
+    current: list[ParsedCommand] = []
+    failure: PipelineError | None = None
     for command in pipeline.commands:
-        statements[-1].append(_parse_command(command))
+        try:
+            current.append(_parse_command(command))
+        except PipelineError as error:
+            failure = failure or error
         if command.end_of_statement:
-            statements.append([])
-    return [s for s in statements if s]
+            statements.append(failure or current)
+            current, failure = [], None
+    if current or failure:
+        statements.append(failure or current)
+    return statements
 
 
 def _parse_command(command: psrpcore.Command) -> ParsedCommand:
@@ -213,12 +226,35 @@ def _peek_pipeline_id(data: bytes) -> uuid.UUID | None:
 
 
 # --------------------------------------------------------------------------- the shell
+class _RunspacePool(psrpcore.ServerRunspacePool):
+    """psrpcore's server pool, reading the call id of SET_MAX/MIN_RUNSPACES case-insensitively.
+
+    pypsrp names that property ``CI``, psrpcore looks for ``ci``; PowerShell itself reads
+    PSObject properties case-insensitively, so a real server accepts both.
+    """
+
+    def _process_SetMaxRunspaces(self, event: psrpcore.SetMaxRunspacesEvent) -> None:
+        _lowercase_ci(event)
+        super()._process_SetMaxRunspaces(event)
+
+    def _process_SetMinRunspaces(self, event: psrpcore.SetMinRunspacesEvent) -> None:
+        _lowercase_ci(event)
+        super()._process_SetMinRunspaces(event)
+
+
+def _lowercase_ci(event: psrpcore.PSRPEvent) -> None:
+    message = event._ps_object  # psrpcore exposes the received object only as this attribute
+    try:
+        message.ci  # noqa: B018 - probing for the property
+    except AttributeError:
+        psrpcore.types.add_note_property(message, "ci", message.CI)
+
+
 @dataclass
 class _Run:
     command_id: str
     pipeline: psrpcore.ServerPipeline
-    statements: list[list[ParsedCommand]] | None = None
-    bind_error: BaseException | None = None
+    statements: list[list[ParsedCommand] | PipelineError] | None = None
     activity: str = ""  # the first command's name, for ErrorRecord.CategoryInfo.Activity
     metadata_only: bool = False
     started: bool = False
@@ -247,7 +283,7 @@ class PSRPShell:
         self._runner = runner
         self._observer = observer
         self._cond = threading.Condition(threading.RLock())
-        self._pool = psrpcore.ServerRunspacePool(application_private_data={"PSVersionTable": dict(PS_VERSION_TABLE)})
+        self._pool = _RunspacePool(application_private_data={"PSVersionTable": dict(PS_VERSION_TABLE)})
         self._outbox: dict[uuid.UUID | None, deque[bytes]] = {}
         self._runs: dict[str, _Run] = {}
         self._closed = False
@@ -365,10 +401,7 @@ class PSRPShell:
                 return
             commands = event.pipeline.commands
             run.activity = str(commands[0].command_text) if commands else ""
-            try:
-                run.statements = statements_of(event.pipeline)
-            except PipelineError as error:
-                run.bind_error = error
+            run.statements = statements_of(event.pipeline)
             if event.pipeline.no_input:
                 self._start(run)
         elif isinstance(event, psrpcore.PipelineInputEvent):
@@ -401,12 +434,9 @@ class PSRPShell:
             # The lab publishes no command metadata: an empty, completed answer.
             self._finish(run)
             return
-        if run.bind_error is not None:
-            self._fail(run, run.bind_error, run.activity)
-            return
         if self._observer is not None:
             try:
-                self._observer(run.statements or [])
+                self._observer([s for s in run.statements or [] if not isinstance(s, PipelineError)])
             except Exception:
                 log.exception("pipeline observer failed")
         run.thread = threading.Thread(
@@ -419,6 +449,8 @@ class PSRPShell:
         activity = ""
         try:
             for statement in run.statements or []:
+                if isinstance(statement, PipelineError):
+                    raise statement
                 activity = statement[0].name if statement else ""
                 items: Iterator[Any] = iter(self._runner(statement))
                 with contextlib.closing(items) if hasattr(items, "close") else contextlib.nullcontext():

@@ -30,6 +30,7 @@ there yet) is skipped.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import secrets
 import threading
@@ -320,6 +321,8 @@ class Lab:
         self.services = services
         self.graph: Any = services.get("graph")
         self._stopped = False
+        # A fixture that forgets stop() must not leave listeners or key files behind.
+        atexit.register(self.stop)
 
     @property
     def endpoints(self) -> dict[str, LabPowerShellServer]:
@@ -349,6 +352,7 @@ class Lab:
         if self._stopped:
             return
         self._stopped = True
+        atexit.unregister(self.stop)
         for name, service in self.services.items():
             try:
                 service.stop()

@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from defusedxml import ElementTree as SafeET
 
-from hybridtrust.lab.http import AppResponse
+from hybridtrust.lab.http import COMMAND_RECEIVE, AppResponse
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class Shell(Protocol):
 
 
 class FaultSource(Protocol):
-    def take(self, kind: str, action: str | None = None) -> float | None: ...
+    def take(self, kind: str, *actions: str | None) -> float | None: ...
 
 
 # (shell id, the creationXml PSRP payload, the owner) -> a new shell
@@ -472,7 +472,8 @@ class WSManService:
         desired = body.find("rsp:DesiredStream", NS)
         command_id = desired.get("CommandId") if desired is not None else None
         stream_name = ((desired.text if desired is not None else None) or "stdout").split()[0]
-        if self._faults is not None and self._faults.take("operation_timeout", "Receive") is not None:
+        receives = ("Receive", COMMAND_RECEIVE) if command_id else ("Receive",)
+        if self._faults is not None and self._faults.take("operation_timeout", *receives) is not None:
             raise operation_timed_out()
         # Base64 inflates 4:3 and the envelope around the streams needs room.
         budget = max(4096, (request.max_envelope_size - 4096) * 3 // 4)
