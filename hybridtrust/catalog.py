@@ -192,7 +192,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "S0",
         "Add 00000002-0000-0ff1-ce00-000000000000/<host> to the Exchange Online service principal "
         "(Graph PATCH servicePrincipalNames = existing + missing; never replace the list)",
-        (*_ALL_VDIRS, _ACCEPTED, EXO_SP),
+        (*_ALL_VDIRS, EXO_SP),
     ),
     _r(
         "EXO-IOC-ONPREM",
@@ -216,7 +216,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "In Exchange Online: Set-IntraOrganizationConnector -Identity <name> -Enabled $true "
         "-DiscoveryEndpoint https://autodiscover.<domain>/autodiscover/autodiscover.svc "
         "-TargetAddressDomains <on-premises domains>",
-        (f"{EXCHANGE_ONLINE}Get-IntraOrganizationConnector", *_ALL_VDIRS, _ACCEPTED, EXO_SP),
+        (f"{EXCHANGE_ONLINE}Get-IntraOrganizationConnector", EXO_SP),
     ),
     _r(
         "EXO-AVAILABILITY-LEGACY",

@@ -15,12 +15,15 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from hybridtrust.certificates import Certificate, decode_key_identifier
 from hybridtrust.clouds import Cloud
 from hybridtrust.powershell import PSRecord
+
+if TYPE_CHECKING:
+    from hybridtrust.profile import Profile
 
 EXCHANGE_ONLINE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 SHAREPOINT_ONLINE_APP_ID = "00000003-0000-0ff1-ce00-000000000000"
@@ -72,6 +75,24 @@ class Collection:
     tenants: dict[str, TenantDocuments] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Things the report must say about the collection (TLS verification off, ...)."""
+    probes: dict[str, Any] = field(default_factory=dict)
+    """Results of the opt-in live probes (--connectivity), by probe key; a `Missing` if it failed."""
+
+
+@dataclass(frozen=True)
+class ConnectivityResult:
+    """What Test-OAuthConnectivity reported."""
+
+    result_type: str
+    detail: str
+
+    @property
+    def succeeded(self) -> bool:
+        # S0: "The SMTP address has no mailbox associated with it." is expected and ignored.
+        return (
+            self.result_type.lower() == "success"
+            or "the smtp address has no mailbox associated with it" in self.detail.lower()
+        )
 
 
 # -- Exchange --------------------------------------------------------------------------
@@ -230,7 +251,8 @@ class VirtualDirectory:
     def from_record(cls, kind: VirtualDirectoryKind, record: PSRecord) -> VirtualDirectory:
         identity = record.text_of("Identity") or ""
         server = record.text_of("Server") or identity.partition("\\")[0]
-        iis = record.get("IISAuthenticationMethods")
+        # Collected with -ADPropertiesOnly, IIS is not asked and the list comes back empty: not "no method".
+        iis = record.list_of("IISAuthenticationMethods") or None
         return cls(
             kind=kind,
             server=server,
@@ -862,8 +884,9 @@ class Organization:
     here ever substitutes an empty list for data that was not collected.
     """
 
-    def __init__(self, profile_name: str, collection: Collection, cloud: Cloud, tenants: list[Tenant]) -> None:
-        self.profile_name = profile_name
+    def __init__(self, profile: Profile, collection: Collection, cloud: Cloud, tenants: list[Tenant]) -> None:
+        self.profile = profile
+        self.profile_name = profile.name
         self.collection = collection
         self.cloud = cloud
         self.tenants = tenants
@@ -1093,7 +1116,37 @@ class Organization:
                 found.append(server)
         return found
 
+    @property
+    def primary_tenant(self) -> Tenant:
+        primary = self.profile.primary_tenant.id
+        return next(tenant for tenant in self.tenants if tenant.id == primary)
+
+    @property
+    def smtp_domains(self) -> list[str]:
+        return list(self.profile.organization.smtp_domains)
+
+    # -- live probes (--connectivity) ------------------------------------------------------
+    def _probe(self, key: str, what: str) -> Any:
+        value = self.collection.probes.get(key)
+        if value is None:
+            value = Missing(f"probe:{key}", f"not probed: {what} (live runs with --connectivity only)")
+        if isinstance(value, Missing):
+            raise NotCollected(value)
+        return value
+
+    def metadata_signing_keys(self, url: str | None) -> set[str]:
+        """The signing certificates (base64 DER) an STS metadata document publishes now."""
+        return set(self._probe(f"metadata:{url}", f"the metadata document {url}"))
+
+    def oauth_connectivity(self, tenant: Tenant) -> ConnectivityResult:
+        return self._probe(f"oauth-connectivity:{tenant.id}", f"Test-OAuthConnectivity for tenant {tenant.id}")
+
     # -- SharePoint ---------------------------------------------------------------------
+    @property
+    def sharepoint_tenant(self) -> Tenant:
+        """SharePoint Server is joined to one tenant: the primary one."""
+        return self.primary_tenant
+
     @cached_property
     def sharepoint_realm(self) -> str | None:
         records = self._records("sharepoint", "Get-SPAuthenticationRealm")

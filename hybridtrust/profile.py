@@ -192,9 +192,9 @@ class Profile(_Strict):
             raise ValueError("a tenant id appears twice in [[tenants]]")
         if sum(tenant.primary for tenant in self.tenants) > 1:
             raise ValueError("only one of [[tenants]] may say primary = true")
-        if "sharepoint-s2s" in self.organization.scenarios and self.sharepoint is None and self.lab is None:
-            if self.evidence is None:
-                raise ValueError("scenario 'sharepoint-s2s' needs a [sharepoint] section")
+        needs_farm = "sharepoint-s2s" in self.organization.scenarios
+        if needs_farm and self.sharepoint is None and self.lab is None and self.evidence is None:
+            raise ValueError("scenario 'sharepoint-s2s' needs a [sharepoint] section")
         return self
 
     @property
