@@ -355,7 +355,7 @@ class LabHTTPServer(ThreadingHTTPServer):
     """One listener (http or https) of one lab endpoint, on 127.0.0.1 and a free port."""
 
     daemon_threads = True
-    allow_reuse_address = False
+    allow_reuse_address = True  # so a port is reusable while its closed connections sit in TIME_WAIT
     request_queue_size = 64
 
     def __init__(
@@ -405,9 +405,19 @@ class LabHTTPServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{self.name}-{self.scheme}", daemon=True
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{self.name}:{self.port}", daemon=True
         )
         self._thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, with threads named after the listener so a leak is easy to attribute.
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"{self.name}:{self.port}-connection",
+            daemon=True,
+        )
+        thread.start()
 
     def stop(self) -> None:
         """Stop accepting, drop every open connection, free the port. Idempotent."""

@@ -44,6 +44,7 @@ from psrpcore.types import (
     PSObject,
     PSVersion,
     RunspacePoolState,
+    add_note_property,
 )
 
 from hybridtrust.lab.wsman import ReceiveResult, WSManFault, command_not_found, internal_error
@@ -111,7 +112,8 @@ class RemoteErrorRecord(ErrorRecord):
     """An ErrorRecord that also carries PowerShell's ToString and type names on the wire.
 
     psrpcore serializes ErrorRecord's properties only; PowerShell also sends the
-    ``<ToString>`` (the message) that pypsrp shows as ``str(record)``.
+    ``<ToString>`` (the message) that pypsrp shows as ``str(record)``, and writes the
+    CategoryInfo line as ``Category: (TargetName:TargetType) [Activity], Reason``.
     """
 
     @classmethod
@@ -119,6 +121,12 @@ class RemoteErrorRecord(ErrorRecord):
         obj = super().ToPSObjectForRemoting(instance, **kwargs)
         obj.PSObject.type_names = ["System.Management.Automation.ErrorRecord", "System.Object"]
         obj.PSObject.to_string = str(instance.Exception.Message)
+        info = instance.CategoryInfo
+        line = (
+            f"{info.Category.name}: ({info.TargetName or ''}:{info.TargetType or ''}) [{info.Activity or ''}], "
+            f"{info.Reason or ''}"
+        )
+        add_note_property(obj, "ErrorCategory_Message", line, force=True)
         return obj
 
 
@@ -451,7 +459,8 @@ class PSRPShell:
             for statement in run.statements or []:
                 if isinstance(statement, PipelineError):
                     raise statement
-                activity = statement[0].name if statement else ""
+                # CategoryInfo.Activity names the cmdlet; a script has none.
+                activity = statement[0].name if statement and not statement[0].is_script else ""
                 items: Iterator[Any] = iter(self._runner(statement))
                 with contextlib.closing(items) if hasattr(items, "close") else contextlib.nullcontext():
                     for item in items:
