@@ -442,8 +442,8 @@ def _exchange(
                 "AuthorizationEndpoint": f"https://login.windows.net/{tenant.id}/oauth2/authorize",
                 "ApplicationIdentifier": _dedicated_app_id(tenant),
                 "AuthMetadataUrl": (
-                    f"https://login.windows.net/{tenant.initial_domain}/federationmetadata/2007-06/"
-                    "federationmetadata.xml"
+                    f"https://login.windows.net/{tenant.initial_domain}/FederationMetadata/2007-06/"
+                    "FederationMetadata.xml"
                 ),
                 "Realm": tenant.id,
                 "Type": "AzureAD",
