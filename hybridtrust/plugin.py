@@ -183,7 +183,7 @@ def pytest_configure(config: pytest.Config) -> None:
             latest.append((path, reports / f"{audit.name}-latest.json"))
         results_paths[audit.name] = path
 
-    config.stash[SUITE_KEY] = Suite(
+    suite = Suite(
         audits=audits,
         started=started,
         stamp=stamp,
@@ -193,6 +193,11 @@ def pytest_configure(config: pytest.Config) -> None:
         results_paths=results_paths,
         latest_copies=latest,
     )
+    config.stash[SUITE_KEY] = suite
+    if config.pluginmanager.hasplugin("html"):
+        from hybridtrust.report_html import HtmlReport
+
+        config.pluginmanager.register(HtmlReport(suite), "hybridtrust-html")
 
 
 def _check_requirement_patterns(patterns: list[str]) -> None:
