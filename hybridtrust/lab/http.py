@@ -405,7 +405,7 @@ class LabHTTPServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{self.name}:{self.port}", daemon=True
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self.name}:{self.port}", daemon=True
         )
         self._thread.start()
 
@@ -457,6 +457,10 @@ class LabHTTPServer(ThreadingHTTPServer):
                 return
         with self._connections_lock:
             self._connections.add(connection)
+        if self.stopping.is_set():  # accepted while stop() was closing the others
+            with contextlib.suppress(OSError):
+                connection.close()
+            return
         try:
             self.RequestHandlerClass(connection, client_address, self)
         finally:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psrpcore
@@ -270,8 +270,7 @@ class _Run:
     stop_requested: bool = False
     closed: bool = False
     thread: threading.Thread | None = None
-    input_count: int = 0
-    created: float = field(default_factory=time.monotonic)
+    input_count: int = 0  # PIPELINE_INPUT objects received (the lab's cmdlets take no input)
 
 
 class PSRPShell:
@@ -349,10 +348,13 @@ class PSRPShell:
                 chunk = box.popleft()
                 chunks.append(chunk)
                 size += len(chunk)
-            done = run is not None and run.finished and not box
+            done = run is not None and not box and (run.finished or self._closed)
             if self._closed and run is None and not chunks:
                 raise internal_error("The runspace pool was closed.")
-            return ReceiveResult(chunks, done or (self._closed and run is not None and not box))
+            if done and run is not None:
+                # Its last Receive: the client has everything; a later Signal(terminate) finds it gone.
+                self._forget(run)
+            return ReceiveResult(chunks, done)
 
     def signal(self, command_id: str, code: str) -> None:
         code_l = code.lower()
@@ -366,11 +368,15 @@ class PSRPShell:
                 self._request_stop(run)
             elif code_l.endswith("terminate"):
                 self._request_stop(run)
-                run.closed = True
-                self._runs.pop(run.command_id, None)
-                self._outbox.pop(run.pipeline.pipeline_id, None)
-                self._pool.pipeline_table.pop(run.pipeline.pipeline_id, None)
+                self._forget(run)
             self._cond.notify_all()
+
+    def _forget(self, run: _Run) -> None:
+        """Drop a command for good (lock held): psrpcore's pipeline table, its outbox, our record."""
+        run.closed = True
+        self._runs.pop(run.command_id, None)
+        self._outbox.pop(run.pipeline.pipeline_id, None)
+        self._pool.pipeline_table.pop(run.pipeline.pipeline_id, None)
 
     def close(self) -> None:
         with self._cond:

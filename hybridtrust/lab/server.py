@@ -121,23 +121,28 @@ def _mutating_verbs() -> frozenset[str]:
 
 # --------------------------------------------------------------------------- the cmdlet engine seam
 def _runner(state: LabState, endpoint: EndpointName, invoke: InvokeFunction | None) -> Runner:
-    """One statement -> the cmdlet engine; imported on first use so the lab starts without it."""
+    """One statement -> the cmdlet engine, as ``cmdlets.Invocation``s.
+
+    The engine is imported on first use, so the servers start (and report a clear
+    pipeline error) even in a checkout without it; a test may pass its own ``invoke``.
+    """
 
     def run(statement: list[ParsedCommand]) -> Iterator[Any]:
-        if invoke is not None:
-            yield from invoke(state, endpoint, list(statement))
-            return
         try:
             from hybridtrust.lab import cmdlets
         except ImportError as error:
-            raise PipelineError(
-                f"The lab's cmdlet engine (hybridtrust.lab.cmdlets) is not available: {error}",
-                error_id="LabCmdletEngineMissing",
-                category="NotInstalled",
-                exception_type="System.Management.Automation.CommandNotFoundException",
-            ) from error
+            if invoke is None:
+                raise PipelineError(
+                    f"The lab's cmdlet engine (hybridtrust.lab.cmdlets) is not available: {error}",
+                    error_id="LabCmdletEngineMissing",
+                    category="NotInstalled",
+                    exception_type="System.Management.Automation.CommandNotFoundException",
+                ) from error
+            commands: list[Any] = list(statement)  # same fields as cmdlets.Invocation
+            yield from invoke(state, endpoint, commands)
+            return
         invocations = [cmdlets.Invocation(c.name, dict(c.parameters), c.is_script) for c in statement]
-        yield from cmdlets.invoke(state, endpoint, invocations)
+        yield from (invoke or cmdlets.invoke)(state, endpoint, invocations)
 
     return run
 
