@@ -51,10 +51,10 @@ import os
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,6 +75,9 @@ from msgraph_core import GraphClientFactory
 
 from hybridtrust.clouds import Cloud
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, Missing, TenantDocuments
+
+if TYPE_CHECKING:
+    from hybridtrust.profile import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +214,29 @@ class TenantRequest:
     credential: CredentialSpec
     hybrid_app_ids: tuple[str, ...] = ()
     """ApplicationIdentifier values of the on-premises AuthServers (the dedicated hybrid app)."""
+
+
+def endpoints_from_profile(profile: Profile) -> GraphEndpoints:
+    """The profile's cloud, with its [entra] overrides (authority, graph_url, ca_file, timeout)."""
+    entra = profile.entra
+    return GraphEndpoints.for_cloud(
+        profile.cloud,
+        authority=entra.authority,
+        graph_url=entra.graph_url,
+        ca_file=profile.resolve(entra.ca_file),
+        timeout_s=entra.timeout_seconds,
+    )
+
+
+def tenant_requests_from_profile(profile: Profile, hybrid_app_ids: Sequence[str] = ()) -> list[TenantRequest]:
+    """One request per [[tenants]] entry; `hybrid_app_ids` from the AuthServers (looked up in every tenant)."""
+    requests = []
+    for tenant in profile.tenants:
+        spec = CredentialSpec.from_profile(tenant.credential)
+        if spec.certificate_file is not None:
+            spec = replace(spec, certificate_file=profile.resolve(spec.certificate_file))
+        requests.append(TenantRequest(tenant.id, spec, tuple(hybrid_app_ids)))
+    return requests
 
 
 # -- results ----------------------------------------------------------------------------

@@ -327,3 +327,42 @@ def test_every_credential_method_builds_without_network(tmp_path: Path, monkeypa
             tenant_id,
             endpoints,
         )
+
+
+def test_requests_and_endpoints_from_a_profile(tmp_path: Path) -> None:
+    from hybridtrust.profile import load_profile
+    from hybridtrust.sources.graph import endpoints_from_profile, tenant_requests_from_profile
+
+    (tmp_path / "lab.toml").write_text(
+        """
+[organization]
+name = "Contoso"
+cloud = "gcchigh"
+scenarios = ["exchange-oauth"]
+smtp_domains = ["contoso.com"]
+
+[[tenants]]
+id = "8a3f2c1e-5b7d-4e9a-9c2f-1d6e0b4a7c35"
+initial_domain = "contoso.onmicrosoft.us"
+[tenants.credential]
+method = "certificate"
+client_id = "3f4c9a43-0f7e-4a56-9a0b-1b2c3d4e5f60"
+certificate_file = "audit.pem"
+
+[entra]
+graph_url = "https://127.0.0.1:8443/v1.0"
+ca_file = "lab-ca.pem"
+timeout_seconds = 5
+""",
+        encoding="utf-8",
+    )
+    profile = load_profile(str(tmp_path / "lab.toml"))
+    endpoints = endpoints_from_profile(profile)
+    assert endpoints.authority == "https://login.microsoftonline.us"  # from the cloud table
+    assert endpoints.graph_base_url == "https://127.0.0.1:8443/v1.0"  # the override
+    assert endpoints.ca_file == (tmp_path / "lab-ca.pem").resolve()
+    assert endpoints.timeout_s == 5
+    (request,) = tenant_requests_from_profile(profile, ["e9f6a5b4-0000-4000-8000-000000000001"])
+    assert request.credential.method == "certificate"
+    assert request.credential.certificate_file == (tmp_path / "audit.pem").resolve()
+    assert request.hybrid_app_ids == ("e9f6a5b4-0000-4000-8000-000000000001",)
