@@ -20,6 +20,7 @@ fault plan::
             PowerShell(pool).add_cmdlet("Get-AuthServer").invoke()
         lab.exchange.counters()      # {"http_requests": .., "wsman": {"Receive": ..}, "commands": {..}, ..}
         lab.exchange.faults.operation_timeout(times=1)
+        lab.counters(); lab.reset_counters(); lab.latency(20)   # every endpoint and service at once
 
 Extra services (the Graph engineer's place): ``SERVICES`` maps a name to a factory
 ``factory(state, latency_ms=...) -> LabService``; a `LabService` has ``describe() ->
@@ -346,11 +347,29 @@ class Lab:
         return description
 
     def counters(self) -> dict[str, dict[str, Any]]:
-        return {name: endpoint.counters() for name, endpoint in self.endpoints.items()}
+        """Every endpoint's counters by name; a service's too when it keeps ``counters``."""
+        result: dict[str, dict[str, Any]] = {name: endpoint.counters() for name, endpoint in self.endpoints.items()}
+        for name, service in self.services.items():
+            counters = getattr(service, "counters", None)
+            if counters is not None:
+                result[name] = counters() if callable(counters) else counters
+        return result
 
     def reset_counters(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.reset_counters()
+        for service in self.services.values():
+            reset = getattr(service, "reset_counters", None)
+            if callable(reset):
+                reset()
+
+    def latency(self, ms: int) -> None:
+        """Add ``ms`` to every request of every endpoint and service (0 removes it)."""
+        for endpoint in self.endpoints.values():
+            endpoint.faults.latency(ms)
+        for service in self.services.values():
+            if hasattr(service, "latency_ms"):
+                service.latency_ms = ms  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Stop every endpoint and service and remove the TLS files. Idempotent."""

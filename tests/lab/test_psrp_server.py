@@ -447,6 +447,18 @@ def test_counters_count_and_reset(exchange: LabPowerShellServer) -> None:
     assert exchange.counters() == {"http_requests": 0, "wsman": {}, "pipelines": 0, "commands": {}, "mutating": 0}
 
 
+def test_lab_wide_counters_and_latency(lab: Lab) -> None:
+    get_auth_servers(https_wsman(lab.exchange))
+    assert set(lab.counters()) == {"exchange", "sharepoint"}
+    assert lab.counters()["exchange"]["commands"] == {"Get-AuthServer": 1}
+
+    lab.reset_counters()
+    lab.latency(25)
+
+    assert lab.counters()["exchange"]["http_requests"] == 0
+    assert all(e.faults.latency_ms == 25 for e in lab.endpoints.values())
+
+
 # --------------------------------------------------------------------------- faults
 def test_latency_is_added_to_every_request(exchange: LabPowerShellServer) -> None:
     get_auth_servers(https_wsman(exchange))
