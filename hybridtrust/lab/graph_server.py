@@ -720,7 +720,12 @@ class GraphLabServer:
         correlation_id = request.header("client-request-id") or str(uuid.uuid4())
         fault = self.faults.take("token", endpoint, tenant_id)
         if fault is not None:
-            return self._fault_response(fault, request)
+            # Entra's token service answers throttling and outages in its own error shape.
+            transient = EntraError(
+                fault.status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again."
+            )
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return _json_response(fault.status, transient.body(trace_id, correlation_id), **headers)
         expected_method = endpoint.split(" ", 1)[0]
         if endpoint.endswith("<unknown>"):
             return _json_response(404, {"error": "not_found", "error_description": f"No such endpoint: {request.path}"})

@@ -247,6 +247,25 @@ def test_an_assertion_with_a_forged_signature_is_refused(lab: GraphLabServer, wo
     assert "did not match" in body["error_description"]
 
 
+def test_token_endpoint_faults_are_entra_shaped_and_retried(lab: GraphLabServer, world: SampleGraphWorld) -> None:
+    tenant_id = world.tenant_ids[0]
+    client = world.read_only[tenant_id]
+    lab.faults.fail(1, status=503, retry_after=0, target="token", endpoint="oauth2")
+    token = secret_credential(lab, tenant_id, client.app_id, client.secret).get_token(lab.graph_scope)
+    assert token.token
+    assert lab.counters["by_endpoint"]["POST /{tenant}/oauth2/v2.0/token"] == 2  # azure-core retried the 503
+    lab.faults.throttle(1, retry_after=3, target="token")
+    response = requests.post(
+        lab.token_endpoint(tenant_id),
+        data={"grant_type": "client_credentials", "client_id": client.app_id, "client_secret": "x"},
+        verify=str(lab.ca_file),
+    )
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert response.json()["error_codes"] == [90033]
+
+
 def test_wrong_secret_is_7000215_and_never_echoes_the_secret(lab: GraphLabServer, world: SampleGraphWorld) -> None:
     tenant_id = world.tenant_ids[0]
     client = world.read_only[tenant_id]
