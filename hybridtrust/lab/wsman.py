@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 from xml.etree.ElementTree import Element, ParseError
 from xml.sax.saxutils import escape, quoteattr
 
@@ -576,7 +576,7 @@ def _duration(seconds: float) -> str:
     return f"P{days}DT{hours}H{minutes}M{secs}S"
 
 
-__all__: list[Any] = [
+__all__ = [
     "ReceiveResult",
     "Shell",
     "ShellFactory",
