@@ -123,14 +123,9 @@ ENTITY_TYPES: dict[str, EntityType] = {
 # Query options the lab implements; any other $-option is refused, not ignored.
 SUPPORTED_QUERY_OPTIONS = frozenset({"$select", "$filter", "$top", "$skiptoken"})
 
-_LOGIN_GET_ROUTES = frozenset(
-    {
-        "v2.0/.well-known/openid-configuration",
-        ".well-known/openid-configuration",
-        "discovery/v2.0/keys",
-        "discovery/keys",
-    }
-)
+# Only the v2.0 endpoints MSAL and azure-identity use; v1 discovery would advertise a
+# resource= token endpoint the lab does not implement.
+_LOGIN_GET_ROUTES = frozenset({"v2.0/.well-known/openid-configuration", "discovery/v2.0/keys", "discovery/keys"})
 _GRAPH_CONTENT_TYPE = (
     "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 )
@@ -737,7 +732,7 @@ class GraphLabServer:
             if endpoint == "GET /common/discovery/instance":
                 return self._instance_discovery(request)
             if endpoint.endswith("openid-configuration"):
-                return self._openid_configuration(tenant_segment, v2=route.startswith("v2.0"))
+                return self._openid_configuration(tenant_segment)
             if endpoint.endswith("keys"):
                 return self._keys()
             return self._token(request, tenant_segment)
@@ -780,7 +775,7 @@ class GraphLabServer:
             },
         )
 
-    def _openid_configuration(self, tenant_segment: str, *, v2: bool) -> _Response:
+    def _openid_configuration(self, tenant_segment: str) -> _Response:
         if tenant_segment.lower() in ("common", "organizations", "consumers"):
             tenant_id, issuer_tenant = tenant_segment, "{tenantid}"
         else:
@@ -789,24 +784,23 @@ class GraphLabServer:
                 raise _unknown_tenant(tenant_segment)
             tenant_id = issuer_tenant = resolved
         base = f"{self.authority}/{tenant_id}"
-        version = "/v2.0" if v2 else ""
         document = {
-            "token_endpoint": f"{base}/oauth2{version}/token",
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "jwks_uri": f"{base}/discovery{version}/keys",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{self.authority}/{issuer_tenant}/v2.0" if v2 else f"https://sts.windows.net/{issuer_tenant}/",
+            "issuer": f"{self.authority}/{issuer_tenant}/v2.0",
             "request_uri_parameter_supported": False,
             "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
-            "authorization_endpoint": f"{base}/oauth2{version}/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2{version}/devicecode",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
             "http_logout_supported": True,
             "frontchannel_logout_supported": True,
-            "end_session_endpoint": f"{base}/oauth2{version}/logout",
+            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "nonce", "tid", "ver"],
             "kerberos_endpoint": f"{base}/kerberos",
             "tenant_region_scope": "EU",
@@ -1058,6 +1052,7 @@ class GraphLabServer:
             )
         audiences = claims.get("aud")
         audience_list = audiences if isinstance(audiences, list) else [audiences]
+        # Entra accepts the v2.0 and the v1 token endpoint as audience, by tenant id or domain.
         expected = {
             f"{self.authority}/{segment}/oauth2/{version}token".lower()
             for segment in {tenant_segment, tenant_id}

@@ -247,6 +247,51 @@ def test_an_assertion_with_a_forged_signature_is_refused(lab: GraphLabServer, wo
     assert "did not match" in body["error_description"]
 
 
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"aud": "https://login.microsoftonline.com/common/oauth2/v2.0/token"}, 50013),
+        ({"exp": 1_000_000_000}, 700024),
+        ({"iss": "00000000-0000-0000-0000-000000000001"}, 700021),
+    ],
+)
+def test_assertion_claims_are_checked(
+    lab: GraphLabServer, world: SampleGraphWorld, change: dict[str, Any], code: int
+) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    tenant_id = world.tenant_ids[0]
+    client = world.read_only[tenant_id]
+    assert client.certificate is not None
+    key = serialization.load_pem_private_key(client.certificate.pem, password=None)
+    now = int(time.time())
+    claims = {
+        "aud": lab.token_endpoint(tenant_id),
+        "iss": client.app_id,
+        "sub": client.app_id,
+        "exp": now + 600,
+        "nbf": now,
+        "jti": "j",
+    }
+    claims.update(change)
+    x5t = graph_jwt.b64url_encode(hashlib.sha1(client.certificate.der).digest())
+    response = requests.post(
+        lab.token_endpoint(tenant_id),
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client.app_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": graph_jwt.sign_rs256({"x5t": x5t}, claims, key),  # type: ignore[arg-type]
+            "scope": lab.graph_scope,
+        },
+        verify=str(lab.ca_file),
+    )
+    assert response.status_code == 401
+    assert response.json()["error_codes"] == [code]
+
+
 def test_token_endpoint_faults_are_entra_shaped_and_retried(lab: GraphLabServer, world: SampleGraphWorld) -> None:
     tenant_id = world.tenant_ids[0]
     client = world.read_only[tenant_id]
