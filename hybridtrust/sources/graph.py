@@ -779,24 +779,42 @@ async def collect_tenant_async(
 
 
 async def collect_async(
-    requests: Sequence[TenantRequest], endpoints: GraphEndpoints, *, max_concurrency: int = 8
+    requests: Sequence[TenantRequest],
+    endpoints: GraphEndpoints,
+    *,
+    max_concurrency: int = 8,
+    credentials: Mapping[str, AsyncTokenCredential] | None = None,
 ) -> dict[str, GraphTenantDocuments]:
-    """Every tenant concurrently; at most `max_concurrency` Graph requests in flight in all."""
+    """Every tenant concurrently; at most `max_concurrency` Graph requests in flight in all.
+
+    `credentials` (by tenant id) replaces a request's `CredentialSpec` with a credential
+    the caller built and keeps ownership of (it is not closed here).
+    """
     semaphore = asyncio.Semaphore(max_concurrency)
+    given = credentials or {}
     async with graph_http_client(endpoints) as http_client:
         results = await asyncio.gather(
-            *(collect_tenant_async(request, endpoints, http_client, semaphore) for request in requests)
+            *(
+                collect_tenant_async(
+                    request, endpoints, http_client, semaphore, credential=given.get(request.tenant_id)
+                )
+                for request in requests
+            )
         )
     return {result.tenant_id: result for result in results}
 
 
 def collect(
-    requests: Sequence[TenantRequest], endpoints: GraphEndpoints, *, max_concurrency: int = 8
+    requests: Sequence[TenantRequest],
+    endpoints: GraphEndpoints,
+    *,
+    max_concurrency: int = 8,
+    credentials: Mapping[str, AsyncTokenCredential] | None = None,
 ) -> dict[str, GraphTenantDocuments]:
     """`collect_async` for synchronous callers (the pytest plugin); safe inside a running loop too."""
 
     def run() -> dict[str, GraphTenantDocuments]:
-        return asyncio.run(collect_async(requests, endpoints, max_concurrency=max_concurrency))
+        return asyncio.run(collect_async(requests, endpoints, max_concurrency=max_concurrency, credentials=credentials))
 
     try:
         asyncio.get_running_loop()

@@ -171,6 +171,31 @@ def test_certificate_credential(lab: GraphLabServer, world: SampleGraphWorld, tm
     assert result.organization is not None
 
 
+def test_a_caller_supplied_credential_is_used_and_not_closed(lab: GraphLabServer, world: SampleGraphWorld) -> None:
+    import asyncio
+
+    from azure.identity.aio import ClientSecretCredential
+
+    tenant_id = world.tenant_ids[0]
+    client = world.read_only[tenant_id]
+    endpoints = endpoints_for(lab)
+
+    async def scenario() -> bool:
+        from hybridtrust.sources.graph import collect_async
+
+        credential = ClientSecretCredential(
+            tenant_id, client.app_id, client.secret, authority=lab.authority, connection_verify=str(lab.ca_file)
+        )
+        # The spec is never used: it names a variable that does not exist.
+        spec = CredentialSpec(method="secret", client_id=client.app_id, secret_env="HT_TEST_UNUSED")
+        results = await collect_async([TenantRequest(tenant_id, spec)], endpoints, credentials={tenant_id: credential})
+        still_usable = bool((await credential.get_token(endpoints.scope)).token)
+        await credential.close()
+        return not results[tenant_id].errors and still_usable
+
+    assert asyncio.run(scenario())
+
+
 def test_wrong_secret_fails_every_item_without_revealing_it(
     lab: GraphLabServer, world: SampleGraphWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
