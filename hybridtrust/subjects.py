@@ -24,7 +24,7 @@ from hybridtrust.testing import NotApplicable, Subject, SubjectSource
 
 def organization(org: Organization) -> list[Subject]:
     """The organization as a whole (one test per profile)."""
-    return [Subject("organization", org.profile_name, org)]
+    return [Subject("organization", "organization", org)]
 
 
 def farm(org: Organization) -> list[Subject]:

@@ -77,7 +77,8 @@ SHAREPOINT_FILES = {
     "Get-HybridTrustAuthenticationProvider": "AuthenticationProvider",
 }
 
-# Exchange builds from which a server holds the auth certificate: 2013 and later with the Mailbox role.
+# Exchange builds from which a server holds the auth certificate: 2013 and later, Mailbox or
+# Client Access, not Edge -- the same rule the suite's facts apply (ExchangeServer.holds_auth_certificate).
 _MODERN_MAJOR = 15
 
 
@@ -87,7 +88,8 @@ def _is_modern_mailbox_server(server: dict[str, Any]) -> bool:
         major = int(version.split()[1].split(".")[0])
     except (IndexError, ValueError):
         return False
-    return major >= _MODERN_MAJOR and bool(server.get("IsMailboxServer", True))
+    serves_clients = bool(server.get("IsMailboxServer", True)) or bool(server.get("IsClientAccessServer"))
+    return major >= _MODERN_MAJOR and serves_clients and not server.get("IsEdgeServer")
 
 
 def _write_json(path: Path, body: Any) -> None:
