@@ -29,7 +29,11 @@ _DESERIALIZED = "Deserialized."
 
 
 def type_name(name: str) -> str:
-    return name[len(_DESERIALIZED) :] if name.startswith(_DESERIALIZED) else name
+    # A file exported from objects that were themselves received over remoting carries the prefix
+    # already, and psrpcore adds its own on reading: strip every one.
+    while name.startswith(_DESERIALIZED):
+        name = name[len(_DESERIALIZED) :]
+    return name
 
 
 @dataclass(frozen=True)

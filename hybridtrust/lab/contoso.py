@@ -957,9 +957,12 @@ def _tenant_document(
     )
 
     clients = []
+    # The least an audit needs: Application.Read.All for the service principals and applications,
+    # Organization.Read.All and Domain.Read.All for /organization and /domains (Graph's documented
+    # app-only permissions); fixes need Application.ReadWrite.All instead of Application.Read.All.
     for client_name, permission in (
-        ("HybridTrust Audit", "Application.Read.All"),
-        ("HybridTrust Remediation", "Application.ReadWrite.All"),
+        ("HybridTrust Audit", ["Application.Read.All", "Organization.Read.All", "Domain.Read.All"]),
+        ("HybridTrust Remediation", ["Application.ReadWrite.All", "Organization.Read.All", "Domain.Read.All"]),
     ):
         client_certificate = pki.client_certificate(client_name, now - timedelta(days=30), now + timedelta(days=335))
         clients.append(
@@ -969,7 +972,7 @@ def _tenant_document(
                 "secret": _lab_secret(tenant.id, client_name),
                 "certificate": _b64(client_certificate.der),
                 "certificate_private_key": client_certificate.private_key_pem.decode(),
-                "permissions": [permission],
+                "permissions": permission,
             }
         )
 
