@@ -764,6 +764,8 @@ class Tenant:
     def __str__(self) -> str:
         return f"{self.label} ({self.id})"
 
+    __repr__ = __str__
+
     def _document(self, name: str, value: Any) -> Any:
         if self._documents is None:
             raise NotCollected(Missing(f"entra:{name}", f"not collected: Entra ID tenant {self.id} was not read"))
@@ -894,6 +896,9 @@ class Organization:
 
     def __str__(self) -> str:
         return self.profile_name
+
+    def __repr__(self) -> str:
+        return f"<organization of profile {self.profile_name}>"
 
     # -- raw access ----------------------------------------------------------------
     def _records(self, area: str, cmdlet: str) -> list[PSRecord]:

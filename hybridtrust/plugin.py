@@ -12,13 +12,13 @@ import difflib
 import fnmatch
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hybridtrust import catalog
+from hybridtrust import catalog, symptoms
 from hybridtrust.audit import Audit
 from hybridtrust.catalog import SCENARIOS, SEVERITIES, Requirement
 from hybridtrust.facts import NotCollected, Organization
@@ -75,6 +75,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="folder for the default HTML, JUnit and results files (default: reports/)",
     )
     group.addoption(
+        "--symptom",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help='run the requirements behind what users see: paste the error ("AADSTS500011: The resource '
+        'principal named ..."); repeatable',
+    )
+    group.addoption(
         "--connectivity",
         action="store_true",
         help="also run the live probes that exercise the trust end to end (EXO-OAUTH-CONNECTIVITY)",
@@ -95,6 +103,9 @@ class Suite:
     results_paths: dict[str, Path]
     latest_copies: list[tuple[Path, Path]]
     other_failures: int = 0
+    symptom_requirements: set[str] | None = None
+    """With --symptom: the requirement ids behind the symptoms that matched."""
+    symptom_lines: list[str] = field(default_factory=list)
     """Failed tests without a requirement (a user's own checks): they fail the run too."""
 
     def audit(self, name: str) -> Audit:
@@ -136,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{len(evidence)} --evidence for {len(profiles)} --profile: give one bundle per profile, in order"
         )
     _check_requirement_patterns(config.getoption("requirement"))
+    symptom_requirements, symptom_lines = _resolve_symptoms(config.getoption("symptom"))
     if config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
         # pytest chose its root from a path on the command line (an --evidence folder outside
         # the repository) and so missed pytest.ini's testpaths: audit with the compliance tests,
@@ -192,6 +204,8 @@ def pytest_configure(config: pytest.Config) -> None:
         results={audit.name: ProfileResults(audit.name, audit.mode, started) for audit in audits},
         results_paths=results_paths,
         latest_copies=latest,
+        symptom_requirements=symptom_requirements,
+        symptom_lines=symptom_lines,
     )
     config.stash[SUITE_KEY] = suite
     if config.pluginmanager.hasplugin("html"):
@@ -207,6 +221,28 @@ def _check_requirement_patterns(patterns: list[str]) -> None:
             near = difflib.get_close_matches(pattern.upper(), ids, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(near)}?" if near else "; see REQUIREMENTS.md for the ids"
             raise pytest.UsageError(f"--requirement {pattern}: no requirement has that id{hint}")
+
+
+def _resolve_symptoms(texts: list[str]) -> tuple[set[str] | None, list[str]]:
+    """The requirement ids behind every symptom the pasted texts name, and a line per match."""
+    if not texts:
+        return None, []
+    selected: set[str] = set()
+    lines: list[str] = []
+    for text in texts:
+        found = symptoms.matching(text)
+        if not found:
+            near = "; ".join(f"{s.key}: {s.sees}" for s in symptoms.nearest(text))
+            raise pytest.UsageError(f"--symptom {text!r} matches no known symptom; the nearest are: {near}")
+        for symptom in found:
+            selected.update(symptom.requirements)
+            behind = ", ".join(symptom.requirements) or "no configuration requirement"
+            lines.append(f"hybridtrust: symptom {symptom.key} ({symptom.where}) -> {behind}")
+            if symptom.note:
+                lines.append(f"hybridtrust:   {symptom.note}")
+    if not selected:
+        raise pytest.UsageError(" ".join(line.removeprefix("hybridtrust: ") for line in lines))
+    return selected, lines
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -303,12 +339,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     patterns = [pattern.upper() for pattern in config.getoption("requirement")]
-    if not patterns or _suite(config) is None:
+    suite = _suite(config)
+    if suite is None or (not patterns and suite.symptom_requirements is None):
         return
     keep, drop = [], []
     for item in items:
         requirement = _requirement_of(item)
-        wanted = requirement is not None and any(fnmatch.fnmatch(requirement.id, pattern) for pattern in patterns)
+        wanted = requirement is not None
+        if wanted and patterns:
+            wanted = any(fnmatch.fnmatch(requirement.id, pattern) for pattern in patterns)
+        if wanted and suite.symptom_requirements is not None:
+            wanted = requirement.id in suite.symptom_requirements
         (keep if wanted else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -368,6 +409,9 @@ def _result(item: pytest.Item, report: pytest.TestReport, call: pytest.CallInfo[
         found=finding.found if finding else None,
         expected=finding.expected if finding else None,
         fix=(finding.fix if finding and finding.fix else requirement.fix) if outcome == "failed" else None,
+        symptoms=[symptom.describe() for symptom in symptoms.of_requirement(requirement.id)]
+        if outcome == "failed"
+        else [],
     )
 
 
@@ -460,6 +504,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 yellow=True,
             )
         return
+    for line in suite.symptom_lines:
+        terminalreporter.write_line(line)
     for audit in suite.audits:
         if audit._organization is not None:
             for reason in damaged_files(audit._organization.collection):
@@ -475,6 +521,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def _collecting_compliance_tests(config: pytest.Config) -> bool:
     args = [Path(arg.split("::")[0]).resolve() for arg in config.args]
-    return not args or any(
-        arg == COMPLIANCE_TESTS or COMPLIANCE_TESTS in arg.parents or arg == REPOSITORY for arg in args
-    )
+    return not args or any(arg in (COMPLIANCE_TESTS, REPOSITORY) or COMPLIANCE_TESTS in arg.parents for arg in args)

@@ -70,6 +70,8 @@ def finding_panel(result: Result) -> str:
     ]
     if result.found is not None or result.expected is not None:
         rows += [("Found", _value(result.found)), ("Expected", _value(result.expected))]
+    if result.symptoms:
+        rows.append(("What users see", "\n".join(result.symptoms)))
     if result.fix:
         rows.append(("Documented fix", result.fix))
     rows.append(("Source", result.source))

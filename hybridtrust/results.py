@@ -40,6 +40,8 @@ class Result:
     fix: str | None = None
     waiver: dict[str, Any] | None = None
     remediation: dict[str, Any] | None = None
+    symptoms: list[str] = field(default_factory=list)
+    """What users see when this requirement fails (additive field)."""
 
     def document(self) -> dict[str, Any]:
         data = asdict(self)
