@@ -1,0 +1,225 @@
+"""The live Exchange source: Exchange's remote PowerShell (``Microsoft.Exchange``) over pypsrp.
+
+One runspace pool, once per audit, whatever the number of servers or tests:
+
+- every cmdlet of `EXCHANGE_CMDLETS` once for the whole organization (virtual
+  directories with ``-ADPropertiesOnly``: Active Directory only, so a server whose
+  IIS is down costs nothing), `Get-ManagementRoleAssignment` once per application
+  account (a not-found account just has no assignment);
+- then ``Get-ExchangeCertificate -Server <Name>`` for each Exchange 2013+
+  Mailbox/Client Access server Get-ExchangeServer names (certificates carry no
+  reliable server name, and only those servers must hold the auth certificate).
+  That is the only part that grows with the organization: one pipeline per server.
+
+The pool has ``max_concurrency`` runspaces (at most 18, Exchange's
+PowerShellMaxConcurrency) and that many pipelines are kept in flight
+(`hybridtrust.sources.remoting.run_commands`).
+
+The runspace is NoLanguage: only ``add_cmdlet(...).add_parameter(...)`` is ever sent,
+never a script and never a string-built command, so no value from a profile can
+become PowerShell code.
+
+Failures never raise out of `collect_exchange`: a cmdlet that fails becomes
+``Missing("exchange:<Cmdlet>", "<Cmdlet> on <uri>: <the server's own words>")``; one
+server's certificates failing becomes a `Missing` naming that server; a connection
+that cannot be made (refused, TLS, 401, timeout) makes every Exchange document
+`Missing` with the endpoint and the cause. No message carries a password.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hybridtrust.facts import VIRTUAL_DIRECTORY_CMDLETS, Collection, ExchangeServer, Missing
+from hybridtrust.powershell import PSRecord
+from hybridtrust.sources.evidence import CERTIFICATES_FOLDER, EXCHANGE_CMDLETS
+from hybridtrust.sources.remoting import (
+    REMOTING_ERRORS,
+    Command,
+    Outcome,
+    RemotingSettings,
+    SettingsError,
+    close_pool,
+    describe_transport_error,
+    open_pool,
+    run_commands,
+    scrub,
+)
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_CONFIGURATION = "Microsoft.Exchange"
+ROLE_ASSIGNMENTS = "Get-ManagementRoleAssignment"
+APPLICATION_ACCOUNTS = ("Exchange Online-ApplicationAccount", "SfBOnline-ApplicationAccount")
+"""The accounts partner applications act as (S0's Exchange Online, S1's Skype for Business Online)."""
+CERTIFICATES = "Get-ExchangeCertificate"
+
+
+@dataclass
+class ExchangeDocuments:
+    """What the Exchange source collected: the `Collection.exchange` and `.certificates` parts."""
+
+    uri: str
+    exchange: dict[str, list[PSRecord] | Missing] = field(default_factory=dict)
+    certificates: dict[str, list[PSRecord] | Missing] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    pipelines: int = 0
+    """PSRP pipelines sent (one per cmdlet, per application account, per certificate server)."""
+
+    def apply_to(self, collection: Collection) -> None:
+        collection.exchange.update(self.exchange)
+        collection.certificates.update(self.certificates)
+        collection.notes.extend(self.notes)
+
+    def auth_server_application_ids(self) -> list[str]:
+        """ApplicationIdentifier of every AzureAD AuthServer (the dedicated hybrid app lookup, S5)."""
+        from hybridtrust.facts import AuthServer
+
+        records = self.exchange.get("Get-AuthServer")
+        if not isinstance(records, list):
+            return []
+        found: list[str] = []
+        for record in records:
+            try:
+                server = AuthServer.from_record(record)
+            except ValueError:
+                continue
+            if server.is_evosts and server.application_identifier and server.application_identifier not in found:
+                found.append(server.application_identifier)
+        return found
+
+
+def organization_commands() -> list[Command]:
+    """The org-wide pipelines, Get-ExchangeServer first so the certificate queries can start early."""
+    ordered = ["Get-ExchangeServer", *(cmdlet for cmdlet in EXCHANGE_CMDLETS if cmdlet != "Get-ExchangeServer")]
+    virtual_directories = set(VIRTUAL_DIRECTORY_CMDLETS.values())
+    commands: list[Command] = []
+    for cmdlet in ordered:
+        if cmdlet == ROLE_ASSIGNMENTS:
+            commands.extend(
+                Command(f"{cmdlet}/{account}", cmdlet, (("RoleAssignee", account),)) for account in APPLICATION_ACCOUNTS
+            )
+        elif cmdlet in virtual_directories:
+            commands.append(Command(cmdlet, cmdlet, (("ADPropertiesOnly", None),)))
+        else:
+            commands.append(Command(cmdlet, cmdlet))
+    return commands
+
+
+def certificate_servers(records: Iterable[PSRecord]) -> list[str]:
+    """Names of the servers that must hold the auth certificate, as Get-ExchangeServer gives them."""
+    names: list[str] = []
+    for record in records:
+        try:
+            server = ExchangeServer.from_record(record)
+        except ValueError:
+            continue  # a nameless object cannot be asked about; facts reports it when it parses the list
+        if server.holds_auth_certificate and server.name not in names:
+            names.append(server.name)
+    return names
+
+
+def certificate_command(server: str) -> Command:
+    return Command(f"{CERTIFICATES_FOLDER}/{server}", CERTIFICATES, (("Server", server),))
+
+
+def collect_exchange(settings: RemotingSettings | SettingsError) -> ExchangeDocuments:
+    """Every Exchange document of the organization; never raises (failures become `Missing`)."""
+    uri = settings.uri if isinstance(settings, RemotingSettings) else "the profile's [exchange] uri"
+    documents = ExchangeDocuments(uri=uri)
+    if isinstance(settings, SettingsError):
+        _fail_all(documents, f"cannot connect to Exchange remote PowerShell: {settings}")
+        return documents
+    documents.notes.extend(settings.notes())
+    try:
+        _collect(settings, documents)
+    except Exception as error:  # fail closed: an unexpected failure is "not collected", never a crash or a pass
+        log.debug("exchange source failed", exc_info=True)
+        reason = scrub(
+            f"collection from Exchange at {settings.uri} failed: {type(error).__name__}: {error}", settings.secrets
+        )
+        for cmdlet in EXCHANGE_CMDLETS:
+            documents.exchange.setdefault(cmdlet, Missing(f"exchange:{cmdlet}", reason))
+    return documents
+
+
+def _fail_all(documents: ExchangeDocuments, reason: str) -> None:
+    for cmdlet in EXCHANGE_CMDLETS:
+        documents.exchange[cmdlet] = Missing(f"exchange:{cmdlet}", f"{cmdlet}: {reason}")
+
+
+def _collect(settings: RemotingSettings, documents: ExchangeDocuments) -> None:
+    try:
+        pool = open_pool(settings, settings.max_concurrency)
+    except REMOTING_ERRORS as error:
+        cause = describe_transport_error(error, settings)
+        _fail_all(documents, f"could not open Exchange remote PowerShell at {settings.uri} as {settings.who}: {cause}")
+        return
+    try:
+
+        def follow_up(command: Command, outcome: Outcome) -> list[Command]:
+            # The certificate queries join the window as soon as the server list is known.
+            if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
+                return []
+            return [certificate_command(name) for name in certificate_servers(outcome.records)]
+
+        commands = organization_commands()
+        outcomes = run_commands(pool, commands, settings, follow_up=follow_up)
+    finally:
+        close_pool(pool)
+    documents.pipelines = len(outcomes)
+    _file(documents, settings, outcomes)
+
+
+def _file(documents: ExchangeDocuments, settings: RemotingSettings, outcomes: dict[str, Outcome]) -> None:
+    for cmdlet in EXCHANGE_CMDLETS:
+        if cmdlet == ROLE_ASSIGNMENTS:
+            documents.exchange[cmdlet] = _role_assignments(settings, outcomes)
+            continue
+        outcome = outcomes.get(cmdlet)
+        if outcome is None:
+            documents.exchange[cmdlet] = Missing(f"exchange:{cmdlet}", f"{cmdlet} on {settings.uri}: not run")
+        elif outcome.error is not None:
+            documents.exchange[cmdlet] = Missing(f"exchange:{cmdlet}", f"{cmdlet} on {settings.uri}: {outcome.error}")
+        else:
+            documents.exchange[cmdlet] = outcome.records
+    prefix = f"{CERTIFICATES_FOLDER}/"
+    for key, outcome in outcomes.items():
+        if not key.startswith(prefix):
+            continue
+        server = key[len(prefix) :]
+        if outcome.error is not None:
+            documents.certificates[server] = Missing(
+                f"exchange:{CERTIFICATES_FOLDER}/{server}",
+                f"{CERTIFICATES} -Server {server} on {settings.uri}: {outcome.error}",
+            )
+        else:
+            documents.certificates[server] = outcome.records
+
+
+def _role_assignments(settings: RemotingSettings, outcomes: dict[str, Outcome]) -> list[PSRecord] | Missing:
+    records: list[PSRecord] = []
+    for account in APPLICATION_ACCOUNTS:
+        outcome = outcomes.get(f"{ROLE_ASSIGNMENTS}/{account}")
+        if outcome is None:
+            return Missing(f"exchange:{ROLE_ASSIGNMENTS}", f"{ROLE_ASSIGNMENTS} on {settings.uri}: not run")
+        if outcome.error is not None and not outcome.not_found:
+            return Missing(
+                f"exchange:{ROLE_ASSIGNMENTS}",
+                f"{ROLE_ASSIGNMENTS} -RoleAssignee '{account}' on {settings.uri}: {outcome.error}",
+            )
+        # An account that does not exist holds no role: the requirement says so, not the collection.
+        records.extend(outcome.records)
+    return records
+
+
+__all__ = [
+    "APPLICATION_ACCOUNTS",
+    "EXCHANGE_CONFIGURATION",
+    "ExchangeDocuments",
+    "certificate_servers",
+    "collect_exchange",
+    "organization_commands",
+]
