@@ -51,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="judge this evidence bundle instead of connecting (one per --profile, in order)",
     )
     group.addoption(
+        "--save-evidence",
+        metavar="DIR",
+        help="after live collection, write what was collected as an evidence bundle into DIR "
+        "(with several profiles DIR/<profile>, or {profile} in DIR)",
+    )
+    group.addoption(
         "--requirement",
         action="append",
         default=[],
@@ -166,7 +172,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 raise pytest.UsageError(str(error)) from None
             if not bundle.is_dir():
                 raise pytest.UsageError(f"--evidence {bundle}: no such evidence bundle folder")
-        audits.append(Audit(profile=profile, evidence=bundle))
+        save = config.getoption("save_evidence")
+        target = Path(save.replace("{profile}", profile.name)) if save else None
+        if target is not None and len(profiles) > 1 and "{profile}" not in save:
+            target = target / profile.name
+        audits.append(Audit(profile=profile, evidence=bundle, save_evidence=target))
 
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
