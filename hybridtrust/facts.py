@@ -39,6 +39,9 @@ class Missing:
 
     key: str
     reason: str
+    by_design: bool = False
+    """The source never collects this (Exchange Online is not reached live): the administrator must
+    supply it. Requirements that need only such documents are skipped with the reason, not errors."""
 
 
 class NotCollected(Exception):
@@ -47,6 +50,10 @@ class NotCollected(Exception):
     def __init__(self, *missing: Missing) -> None:
         self.missing = missing
         super().__init__("; ".join(item.reason for item in missing))
+
+    @property
+    def by_design(self) -> bool:
+        return all(item.by_design for item in self.missing)
 
 
 # -- raw documents, as the sources hand them over -------------------------------------
