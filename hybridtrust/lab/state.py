@@ -131,9 +131,7 @@ class LabState:
     def __init__(self, document: dict[str, Any], path: Path | None = None) -> None:
         if document.get("format") != FORMAT:
             where = path or "<lab state>"
-            raise LabStateError(
-                f"{where}: key 'format' is {document.get('format')!r}, expected {FORMAT!r}"
-            )
+            raise LabStateError(f"{where}: key 'format' is {document.get('format')!r}, expected {FORMAT!r}")
         self.document = document
         self.path = path
         self.lock = threading.RLock()
