@@ -140,7 +140,8 @@ class RemotingSettings:
 
     @property
     def wsman_read_timeout(self) -> int:
-        return self.receive_poll_seconds + _READ_TIMEOUT_MARGIN_SECONDS
+        # The long poll plus a margin for the answer to travel (short for a short operation timeout).
+        return self.receive_poll_seconds + min(_READ_TIMEOUT_MARGIN_SECONDS, self.receive_poll_seconds)
 
     def notes(self) -> list[str]:
         if urlsplit(self.uri).scheme == "https" and not self.verify_tls:
@@ -315,9 +316,25 @@ class Outcome:
 _NOT_FOUND = ("ManagementObjectNotFoundException",)
 
 
-def _error_text(record: Any) -> str:
-    message = getattr(record, "message", None) or str(record)
-    return _first_line(str(message)) or str(getattr(record, "fq_error", "") or "unknown error")
+def error_text(record: Any) -> str:
+    """The server's own words of an ErrorRecord: its exception's Message.
+
+    pypsrp's ``message`` is the CategoryInfo line ("ObjectNotFound: (x:String) [Get-X],
+    CommandNotFoundException") for the record of a failed pipeline, so the exception's
+    Message, then the record's ToString, come first.
+    """
+    exception = getattr(record, "exception", None)
+    properties = getattr(exception, "adapted_properties", None)
+    candidates = [
+        properties.get("Message") if isinstance(properties, dict) else None,
+        getattr(exception, "to_string", None),
+        getattr(record, "_to_string", None),
+        getattr(record, "message", None),
+    ]
+    for candidate in candidates:
+        if isinstance(candidate, str) and _first_line(candidate):
+            return _first_line(candidate)
+    return str(getattr(record, "fq_error", "") or "an error without a message")
 
 
 def _is_not_found(record: Any) -> bool:
@@ -415,7 +432,7 @@ def _finish(
         shell.close()
     errors = list(shell.streams.error)
     if errors:
-        words = scrub(_error_text(errors[0]), settings.secrets)
+        words = scrub(error_text(errors[0]), settings.secrets)
         more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         return Outcome(error=words + more, not_found=all(_is_not_found(error) for error in errors))
     if shell.state != PSInvocationState.COMPLETED:

@@ -181,11 +181,12 @@ def _tenant_files(tenant_id: str, documents: TenantDocuments) -> dict[str, dict[
     return files
 
 
-def _missing_reasons(collection: Collection) -> dict[str, str]:
+def _missing_reasons(collection: Collection, *, by_design: bool) -> dict[str, str]:
+    """Keys and reasons of what was not collected: by design (the administrator supplies it) or not."""
     reasons: dict[str, str] = {}
 
     def visit(value: object) -> None:
-        if isinstance(value, Missing):
+        if isinstance(value, Missing) and value.by_design == by_design:
             reasons.setdefault(value.key, value.reason)
 
     for store in (collection.exchange, collection.certificates, collection.exchange_online, collection.sharepoint):
@@ -193,7 +194,7 @@ def _missing_reasons(collection: Collection) -> dict[str, str]:
             visit(value)
     for tenant_id, tenant in collection.tenants.items():
         for value in (tenant.organization, tenant.domains, tenant.applications, *tenant.service_principals.values()):
-            if isinstance(value, Missing):
+            if isinstance(value, Missing) and value.by_design == by_design:
                 reasons.setdefault(f"{value.key} ({tenant_id})", value.reason)
     return reasons
 
@@ -238,7 +239,10 @@ def save_evidence_bundle(collection: Collection, directory: Path) -> Path:
         "exchange_certificates_collected_from": certificates_from,
         "virtual_directories": "ADPropertiesOnly",
         "notes": list(collection.notes),
-        "not_collected": _missing_reasons(collection),
+        "not_collected": _missing_reasons(collection, by_design=False),
+        # Documents the live source never collects (Exchange Online): a reader that honours this
+        # key judges them as the live run did (skipped with the reason), not as errors.
+        "not_collected_by_design": _missing_reasons(collection, by_design=True),
     }
     _write_json(directory / "manifest.json", manifest)
     return directory

@@ -49,6 +49,7 @@ from hybridtrust.sources.remoting import (
     SettingsError,
     close_pool,
     describe_transport_error,
+    error_text,
     open_pool,
     run_commands,
     scrub,
@@ -164,9 +165,10 @@ def _prepare(pool: RunspacePool, settings: RemotingSettings) -> str | None:
     # The collector's own function definitions, unchanged (full-language endpoint only).
     shell.add_script(projection_functions())
     shell.invoke()
-    errors = [error for error in shell.streams.error if "already added" not in str(error)]
+    # A snap-in a profile already loaded is not a failure (PowerShell: "... because it is already added").
+    errors = [error for error in shell.streams.error if "already added" not in error_text(error)]
     if errors:
-        return scrub(str(getattr(errors[0], "message", None) or errors[0]), settings.secrets)
+        return scrub(error_text(errors[0]), settings.secrets)
     return None
 
 
