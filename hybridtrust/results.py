@@ -80,6 +80,8 @@ class ProfileResults:
     collected_at: dt.datetime | None = None
     notes: list[str] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    """With --baseline: new failures, fixed and still failing against it (hybridtrust.baseline)."""
 
     def summary(self) -> dict[str, int]:
         counts = Counter(result.outcome for result in self.results)
@@ -109,6 +111,7 @@ class ProfileResults:
             "origin": self.origin,
             "collected_at": self.collected_at.isoformat() if self.collected_at else None,
             "notes": self.notes,
+            "baseline": self.baseline,
         }
 
 
