@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from hybridtrust.certificates import Certificate, decode_key_identifier
 from hybridtrust.clouds import Cloud
+from hybridtrust.matching import authority_of, https_root_host
 from hybridtrust.powershell import PSRecord
 
 if TYPE_CHECKING:
@@ -702,6 +703,34 @@ class ServicePrincipal:
     def __str__(self) -> str:
         return f"{self.display_name or self.app_id} ({self.app_id})"
 
+    # Indexes: a large tenant's principal has hundreds of names and is asked once per host.
+    @cached_property
+    def _https_roots(self) -> frozenset[str]:
+        return frozenset(host for spn in self.service_principal_names if (host := https_root_host(spn)))
+
+    @cached_property
+    def _authorities(self) -> dict[str, frozenset[str]]:
+        return {}
+
+    def names_https_root(self, host: str) -> bool:
+        """Whether ``https://<host>/`` is one of the names (HMA-SPN-URLS)."""
+        return host.lower() in self._https_roots
+
+    def registers_authority(self, app_id: str, host: str) -> bool:
+        """Whether the names register a host for an application: ``<appId>/<host>``, a one-label
+        wildcard ``<appId>/*.<parent>``, or ``https://<host>/`` (EXO-SPN-AUTHORITIES)."""
+        host = host.lower().rstrip(".")
+        if self.names_https_root(host):
+            return True
+        key = app_id.lower()
+        if key not in self._authorities:
+            self._authorities[key] = frozenset(
+                authority for spn in self.service_principal_names if (authority := authority_of(spn, key))
+            )
+        authorities = self._authorities[key]
+        _, dot, parent = host.partition(".")
+        return host in authorities or (bool(dot) and f"*.{parent}" in authorities)
+
     def verify_credential_for(self, thumbprint: str) -> KeyCredential | None:
         matches = [cred for cred in self.key_credentials if cred.names(thumbprint)]
         return next((cred for cred in matches if cred.is_verify_certificate()), matches[0] if matches else None)
@@ -767,6 +796,7 @@ class Tenant:
         self.cloud = cloud
         self._documents = documents
         self.label = self.profile_initial_domain.split(".")[0]
+        self._principals: dict[str, ServicePrincipal | None] = {}
 
     def __str__(self) -> str:
         return f"{self.label} ({self.id})"
@@ -824,7 +854,9 @@ class Tenant:
         )
         if isinstance(document, Missing):
             raise NotCollected(document)
-        return None if document is None else ServicePrincipal.from_json(document)
+        if app_id not in self._principals:
+            self._principals[app_id] = None if document is None else ServicePrincipal.from_json(document)
+        return self._principals[app_id]
 
     def service_principal(self, app_id: str) -> ServicePrincipal:
         principal = self.service_principal_or_none(app_id)
@@ -939,8 +971,14 @@ class Organization:
                     found.extend(candidate.missing([need]))
                 continue
             if need == "exchange:Get-ExchangeCertificate":
-                servers = [server] if server else None
-                found.extend(self.missing_certificates(servers))
+                if server:
+                    found.extend(self.missing_certificates([server]))
+                else:
+                    # An organization- or tenant-wide row needs the certificate from *a* server: one
+                    # server that did not answer errs its own certificate test, not every row.
+                    missing = self.missing_certificates(None)
+                    if missing and len(missing) >= len(self._auth_certificate_server_names()):
+                        found.extend(missing)
                 continue
             store = getattr(self.collection, area.replace("-", "_"))
             value = store.get(name)
@@ -949,6 +987,12 @@ class Organization:
             elif isinstance(value, Missing):
                 found.append(value)
         return found
+
+    def _auth_certificate_server_names(self) -> list[str]:
+        try:
+            return [server.name for server in self.auth_certificate_servers]
+        except NotCollected:
+            return []
 
     def missing_certificates(self, servers: list[str] | None) -> list[Missing]:
         names = servers
@@ -964,10 +1008,14 @@ class Organization:
                 found.append(value)
         return found
 
+    @cached_property
+    def _certificates_by_server(self) -> dict[str, list[PSRecord] | Missing]:
+        return {name.lower(): documents for name, documents in self.collection.certificates.items()}
+
     def _certificate_documents(self, server: str) -> list[PSRecord] | Missing:
-        for name, documents in self.collection.certificates.items():
-            if name.lower() == server.lower():
-                return documents
+        documents = self._certificates_by_server.get(server.lower())
+        if documents is not None:
+            return documents
         return Missing(
             f"exchange:Get-ExchangeCertificate/{server}",
             f"not collected: exchange/Get-ExchangeCertificate/{server}.xml",
@@ -978,8 +1026,12 @@ class Organization:
     def servers(self) -> tuple[ExchangeServer, ...]:
         return self._parse("exchange", "Get-ExchangeServer", ExchangeServer.from_record)
 
+    @cached_property
+    def _servers_by_name(self) -> dict[str, ExchangeServer]:
+        return {server.name.lower(): server for server in self.servers}
+
     def server(self, name: str) -> ExchangeServer | None:
-        return next((server for server in self.servers if server.name.lower() == name.lower()), None)
+        return self._servers_by_name.get(name.lower())
 
     def virtual_directories(self, *kinds: VirtualDirectoryKind) -> list[VirtualDirectory]:
         found: list[VirtualDirectory] = []
@@ -1015,6 +1067,12 @@ class Organization:
         return configs[0]
 
     def certificates_of(self, server: str) -> ServerCertificates:
+        cache: dict[str, ServerCertificates] = self.__dict__.setdefault("_certificate_cache", {})
+        if server.lower() not in cache:
+            cache[server.lower()] = self._read_certificates(server)
+        return cache[server.lower()]
+
+    def _read_certificates(self, server: str) -> ServerCertificates:
         documents = self._certificate_documents(server)
         if isinstance(documents, Missing):
             raise NotCollected(documents)
@@ -1038,13 +1096,18 @@ class Organization:
         thumbprint = thumbprint or self.auth_config.current_thumbprint
         if not thumbprint:
             return None
+        unread: list[Missing] = []
         for server in self.auth_certificate_servers:
             documents = self._certificate_documents(server.name)
             if isinstance(documents, Missing):
+                unread.append(documents)
                 continue
             found = self.certificates_of(server.name).find(thumbprint)
             if found:
                 return found
+        if unread:
+            # Not on any server that answered: it may be on one that did not. Unknown, not absent.
+            raise NotCollected(*unread)
         return None
 
     @cached_property

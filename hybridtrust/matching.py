@@ -32,6 +32,30 @@ def https_root_spn_names(spn: str, host: str) -> bool:
     return normal is not None and normal == f"https://{host.lower()}"
 
 
+def https_root_host(spn: str) -> str | None:
+    """The host of an SPN of the ``https://<host>/`` form (no path, default port), else None."""
+    normal = normalise_url(spn)
+    if normal is None or not normal.startswith("https://"):
+        return None
+    netloc = normal[len("https://") :]
+    return None if "/" in netloc or ":" in netloc else netloc
+
+
+def authority_of(spn: str, app_id: str) -> str | None:
+    """The authority an ``<appId>/<authority>`` SPN registers (lower case, ``:443`` dropped), else None."""
+    text = spn.strip()
+    prefix = app_id.lower() + "/"
+    if not text.lower().startswith(prefix):
+        return None
+    authority = text[len(prefix) :].rstrip("/").lower().rstrip(".")
+    if ":" in authority:
+        name, _, port = authority.partition(":")
+        if port != "443":
+            return None
+        authority = name
+    return authority or None
+
+
 def wildcard_covers(pattern: str, host: str) -> bool:
     """``*.contoso.com`` covers exactly one more label: mail.contoso.com, not a.b.contoso.com."""
     pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")

@@ -17,7 +17,6 @@ from hybridtrust.facts import (
     VirtualDirectory,
     version_text,
 )
-from hybridtrust.matching import https_root_spn_names
 from hybridtrust.subjects import TenantHost
 from hybridtrust.testing import NotApplicable, Subject, failure, listing, requirement
 
@@ -25,7 +24,7 @@ from hybridtrust.testing import NotApplicable, Subject, failure, listing, requir
 @requirement("HMA-SPN-URLS", over=subjects.hma_hosts)
 def test_every_hma_url_is_a_service_principal_name(spn_host: TenantHost) -> None:
     principal = spn_host.tenant.service_principal(EXCHANGE_ONLINE_APP_ID)
-    assert any(https_root_spn_names(spn, spn_host.host) for spn in principal.service_principal_names), failure(
+    assert principal.names_https_root(spn_host.host), failure(
         f"https://{spn_host.host}/ is not a service principal name of Exchange Online in tenant {spn_host.tenant} "
         f'(used by {", ".join(spn_host.used_by)}): Outlook gets AADSTS500011 "The resource principal named '
         f'https://{spn_host.host} was not found in the tenant" and keeps prompting',

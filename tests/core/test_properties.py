@@ -83,3 +83,24 @@ def test_values_survive_a_clixml_round_trip_normalised(properties: dict[str, Any
     assert len(records) == 1 and isinstance(records[0], PSRecord)
     assert {name: records[0].get(name) for name in properties} == {k: _expected(v) for k, v in properties.items()}
     assert isinstance(obj, PSObject)
+
+
+spn_form = st.one_of(
+    domain.map(lambda host: f"https://{host}/"),
+    domain.map(lambda host: f"{EXO}/{host}"),
+    domain.map(lambda host: f"{EXO}/*.{host}"),
+    domain.map(lambda host: f"{EXO}/{host}:443"),
+    domain.map(lambda host: f"00000003-0000-0ff1-ce00-000000000000/{host}"),
+)
+
+
+@settings(max_examples=80)
+@given(st.lists(spn_form, max_size=8), st.one_of(domain, label.map(lambda first: f"{first}.contoso.com")))
+def test_the_service_principal_index_agrees_with_the_rules(names: list[str], host: str) -> None:
+    from hybridtrust.facts import ServicePrincipal
+
+    principal = ServicePrincipal.from_json({"id": "x", "appId": EXO, "servicePrincipalNames": names})
+    assert principal.registers_authority(EXO, host) == any(authority_spn_covers(n, EXO, host) for n in names)
+    assert principal.names_https_root(host) == any(
+        normalise_url(n) == f"https://{host}" for n in names if n.startswith("https://")
+    )
