@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hybridtrust import catalog, symptoms
+from hybridtrust import catalog, gate, symptoms
 from hybridtrust.audit import Audit
 from hybridtrust.catalog import SCENARIOS, SEVERITIES, Requirement
 from hybridtrust.facts import NotCollected, Organization
@@ -93,6 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run the live probes that exercise the trust end to end (EXO-OAUTH-CONNECTIVITY)",
     )
+    gate.add_options(group)  # --waivers, --baseline, --fail-on-new
 
 
 # -- the run --------------------------------------------------------------------------
@@ -218,6 +219,7 @@ def pytest_configure(config: pytest.Config) -> None:
         symptom_lines=symptom_lines,
     )
     config.stash[SUITE_KEY] = suite
+    gate.configure(config, suite)  # waiver and baseline files: usage errors before anything runs
     if config.pluginmanager.hasplugin("html"):
         from hybridtrust.report_html import HtmlReport
 
@@ -458,6 +460,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if result is None and report.failed:
         suite.other_failures += 1
     if result is not None:
+        gate.judge(item.config, result, report)  # a waiver may turn a failure into "waived"
         suite.results[result.profile].results.append(result)
         report.hybrid_result = result  # type: ignore[attr-defined]
         report.user_properties.append(("requirement", result.requirement))
@@ -480,8 +483,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     status = int(exitstatus)
     if status in (0, 1):
-        gate = any(results.gate_failures(suite.fail_on) for results in suite.results.values())  # type: ignore[arg-type]
-        status = 1 if gate or suite.other_failures else 0
+        failing = gate.exit_failures(session.config, suite)  # --fail-on, or --fail-on-new against --baseline
+        status = 1 if failing or suite.other_failures else 0
         session.exitstatus = status
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
     for audit in suite.audits:
@@ -491,7 +494,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             results.origin = organization.collection.origin
             results.collected_at = organization.collection.collected_at
             results.notes = list(organization.collection.notes)
+        gate.complete(session.config, audit.name, results)  # order, xdist workers' facts, waiver notes, baseline
         write_json(suite.results_paths[audit.name], results.document(finished, status))
+    gate.finished(session.config, finished, status)  # history, trend, per-organization reports
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -151,9 +151,12 @@ class HtmlReport:
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: Any
     ) -> None:
+        from hybridtrust import gate  # imported here: gate's report files use this module
+
         prefix.append(STYLE)
         for audit in self.suite.audits:
             prefix.append(organization_summary(self.suite.results[audit.name], audit.profile.organization.name))
+            prefix.append(gate.extras_for(session.config, audit.name))  # baseline, changes, waivers, trend
 
     def pytest_html_results_table_header(self, cells: list[str]) -> None:
         cells.insert(1, '<th class="sortable" data-column-type="requirement">Requirement</th>')
