@@ -264,17 +264,16 @@ def output_record(value: Any, where: str) -> PSRecord:
     evidence then give the same facts by construction.
     """
     xml = getattr(value, "_xml", None) if isinstance(value, ComplexObject) else None
-    if isinstance(xml, str):
-        record = parse_psrp_object(xml, where)
-    elif isinstance(value, str):
-        # A string output (Get-SPAuthenticationRealm) is a <S> element on the wire.
-        xml = f"<S>{escape(_escape_control(value))}</S>"
-        record = PSRecord((), {}, value or None)
-    elif value is None:
-        xml = "<Nil />"
-        record = PSRecord((), {}, None)
-    else:
-        raise ClixmlError(f"{where}: an output object of type {type(value).__name__} cannot be read")
+    if not isinstance(xml, str):
+        if isinstance(value, str):
+            # A string output (Get-SPAuthenticationRealm) is a <S> element on the wire; pypsrp
+            # returns it as a str, so the element is written again, as the server wrote it.
+            xml = f"<S>{escape(_escape_control(value))}</S>"
+        elif value is None:
+            xml = "<Nil />"
+        else:
+            raise ClixmlError(f"{where}: an output object of type {type(value).__name__} cannot be read")
+    record = parse_psrp_object(xml, where)
     remember_clixml(record, xml)
     return record
 

@@ -88,8 +88,8 @@ def _plain_to_ps(value: Any) -> Any:
 
 
 def _record_to_ps(record: PSRecord) -> Any:
-    if not record.properties and not record.type_names:
-        return record.text  # a primitive output (a string) stays one
+    if not record.properties and record.text is not None and record.type_names[:1] in ((), ("System.String",)):
+        return record.text  # a string output (the realm) stays a <S>
     obj = PSCustomObject()
     obj.PSObject.type_names = list(record.type_names)
     obj.PSObject.to_string = record.text
