@@ -172,6 +172,13 @@ function Export-HybridTrustDocument {
     if (-not (Test-Path -LiteralPath $folder)) {
         New-Item -ItemType Directory -Path $folder -Force | Out-Null
     }
+    if ($Objects.Count -eq 0) {
+        # "None exist" must read back as an empty document, not as a damaged file: write the
+        # empty <Objs> element in full (Export-Clixml with no input may shorten it to <Objs />).
+        $empty = '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">' + [Environment]::NewLine + '</Objs>'
+        Set-Content -LiteralPath $Path -Value $empty -Encoding UTF8
+        return
+    }
     $Objects | Export-Clixml -Path $Path -Encoding UTF8 -Force
 }
 

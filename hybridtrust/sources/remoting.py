@@ -25,7 +25,8 @@ parallel (Exchange's cmdlets spend their time in Active Directory and IIS, not o
 wire), with one connection and one runspace pool per endpoint. Measured against the
 lab with 200 ms of server time per cmdlet, the 25 pipelines of an Exchange audit of
 the lab took 5.9 s one after the other and 1.2 s with a window of 8
-(tests/sources/test_exchange_source.py keeps the comparison).
+(tests/sources/test_exchange_source.py checks that pipelines overlap on the server,
+within the bound).
 """
 
 from __future__ import annotations

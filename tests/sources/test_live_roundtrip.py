@@ -19,7 +19,7 @@ from hybridtrust.powershell import PSRecord
 from hybridtrust.profile import ExchangeOnlineSection, LabSection, Profile, load_profile
 from hybridtrust.sources.evidence import read_evidence_bundle, read_manifest
 from hybridtrust.sources.live import EXCHANGE_ONLINE_NOT_REACHED, collect_live
-from hybridtrust.sources.remoting import original_clixml
+from hybridtrust.sources.remoting import original_clixml, output_record
 from hybridtrust.sources.save import records_to_clixml, save_evidence_bundle
 from tests.support import NOW
 
@@ -171,3 +171,10 @@ def test_records_without_the_servers_xml_are_serialized_from_their_values() -> N
 
     again: list[Any] = parse_clixml(records_to_clixml(records), "test")
     assert again == records
+
+
+def test_a_string_output_is_written_back_as_the_server_wrote_it() -> None:
+    text = "realm_x0041_ with\r\ncontrol\tcharacters <&>"
+    record = output_record(text, "Get-SPAuthenticationRealm")
+    assert record.text == text
+    assert parse_clixml(records_to_clixml([record]), "test") == [record]
