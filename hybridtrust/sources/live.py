@@ -212,7 +212,10 @@ def stop_embedded_labs() -> None:
 def _lab_profile_connections(profile: Profile) -> LiveConnections:
     assert profile.lab is not None
     if profile.lab.mode == "embedded":
-        lab = embedded_lab(profile)
+        try:
+            lab = embedded_lab(profile)
+        except (OSError, ValueError) as error:  # an unreadable state file, no free port on 127.0.0.1
+            return _unreachable(profile, f"the embedded lab could not start: {error}")
         where = f"state {profile.resolve(profile.lab.state)}" if profile.lab.state else "the shipped flawed Contoso"
         connections = lab_connections(profile, lab.describe(), origin=f"lab (embedded, {where})")
         connections.notes.append(f"the embedded lab ({where}) answered on 127.0.0.1 for this run")

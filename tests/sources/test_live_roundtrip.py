@@ -178,3 +178,15 @@ def test_a_string_output_is_written_back_as_the_server_wrote_it() -> None:
     record = output_record(text, "Get-SPAuthenticationRealm")
     assert record.text == text
     assert parse_clixml(records_to_clixml([record]), "test") == [record]
+
+
+def test_a_lab_that_cannot_start_leaves_every_document_missing_with_the_cause(tmp_path: Path) -> None:
+    state = tmp_path / "no-such-state.json"
+    profile = load_profile("lab").model_copy(update={"lab": LabSection(mode="embedded", state=state)})
+    collection = collect_live(profile)
+
+    cause = f"the embedded lab could not start: {state}: cannot read the lab state"
+    assert cause in collection.exchange["Get-AuthServer"].reason  # type: ignore[union-attr]
+    assert cause in collection.sharepoint["Get-SPAuthenticationRealm"].reason  # type: ignore[union-attr]
+    for tenant in collection.tenants.values():
+        assert isinstance(tenant.domains, Missing) and cause in tenant.domains.reason
