@@ -110,17 +110,14 @@ def _object_xml(record: PSRecord) -> str:
 
 def records_to_clixml(records: Iterable[PSRecord]) -> str:
     """An Export-Clixml document of these records (without the byte-order mark)."""
-    parts: list[str] = []
+    lines = [f'<Objs Version="1.1.0.1" xmlns="{CLIXML_NAMESPACE}">']
     objects = type_names = 0
     for record in records:
         xml, objects, type_names = _renumber(_object_xml(record), objects, type_names)
-        parts.append("  " + xml.strip())
-    body = "\n".join(parts)
-    return (
-        f'<Objs Version="1.1.0.1" xmlns="{CLIXML_NAMESPACE}">\n{body}\n</Objs>'
-        if parts
-        else (f'<Objs Version="1.1.0.1" xmlns="{CLIXML_NAMESPACE}">\n</Objs>')
-    )
+        lines.append("  " + xml.strip())
+    # An empty document keeps its closing tag: "none exist" must not read as a damaged file.
+    lines.append("</Objs>")
+    return "\n".join(lines)
 
 
 # -- files ----------------------------------------------------------------------------------------------
