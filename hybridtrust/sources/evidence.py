@@ -202,7 +202,20 @@ def read_evidence_bundle(bundle: Path, tenant_ids: list[str]) -> Collection:
         name: _clixml_document(bundle / "sharepoint", "sharepoint", name) for name in SHAREPOINT_DOCUMENTS
     }
     collection.tenants = {tenant_id: read_tenant(bundle / "entra", tenant_id) for tenant_id in tenant_ids}
+    _honour_by_design(collection, manifest)
     return collection
+
+
+def _honour_by_design(collection: Collection, manifest: dict[str, Any]) -> None:
+    """A bundle saved from a live run says what that run never collects by design (Exchange Online):
+    judge those absent files as the live run did, skipped with its reason, not as errors."""
+    by_design = manifest.get("not_collected_by_design")
+    if not isinstance(by_design, dict):
+        return
+    for store in (collection.exchange, collection.exchange_online, collection.sharepoint):
+        for name, value in store.items():
+            if isinstance(value, Missing) and value.key in by_design and value.reason.startswith("not collected"):
+                store[name] = Missing(value.key, str(by_design[value.key]), by_design=True)
 
 
 def damaged_files(collection: Collection) -> list[str]:
