@@ -31,6 +31,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 COMPLIANCE_TESTS = REPOSITORY / "tests_hybrid"
 SUITE_KEY = pytest.StashKey["Suite"]()
 FIXTURE_NAMES = {"org", "profile", "cloud", "now", "request", "hybrid_subject"}
+# --remediate, --dry-run, --allow-risky and --rollback: their own plugin module (hybridtrust.remediation).
+pytest_plugins = ("hybridtrust.remediation.plugin",)
 
 
 # -- options --------------------------------------------------------------------------
@@ -481,6 +483,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite = _suite(session.config)
     if suite is None or _is_xdist_worker(session.config) or session.config.option.collectonly:
         return
+    from hybridtrust.remediation.plugin import remediate_session
+
+    remediate_session(session, suite)  # --remediate: fixed and re-verified failures become "fixed" first
     status = int(exitstatus)
     if status in (0, 1):
         failing = gate.exit_failures(session.config, suite)  # --fail-on, or --fail-on-new against --baseline
