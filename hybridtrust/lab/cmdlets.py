@@ -917,6 +917,22 @@ def _remove_setting_override(call: _Call) -> Iterator[Any]:
     yield from ()
 
 
+def _remove(noun: str) -> Handler:
+    """Remove-<noun> -Identity <x>: what --rollback sends to take out an object a fix created."""
+
+    def handler(call: _Call) -> Iterator[Any]:
+        identity = call.required_text("Identity")
+        with call.state.changing():
+            found = _one(call, noun, identity)
+            if call.what_if:
+                return
+            objects = call.state.objects(noun)
+            objects[:] = [item for item in objects if item is not found]
+        yield from ()
+
+    return handler
+
+
 # -- SharePoint -----------------------------------------------------------------------------------------------------
 
 
@@ -939,6 +955,31 @@ def _sp_get(noun: str) -> Handler:
                     )
             output = [sharepoint_object(noun, i) for i in items]
         yield from output
+
+    return handler
+
+
+def _sp_remove(noun: str, kind: str) -> Handler:
+    """Remove-SP<noun> -Identity <name or id>: what --rollback sends to take out what a fix created."""
+
+    def handler(call: _Call) -> Iterator[Any]:
+        identity = call.required_text("Identity").lower()
+        with call.state.changing():
+            items = call.state.sharepoint.setdefault(noun, [])
+            found = [i for i in items if identity in (str(i.get("Name", "")).lower(), str(i.get("Id", "")).lower())]
+            if not found:
+                raise CmdletError(
+                    f"Cannot find an {kind} object with Id or Name: {call.required_text('Identity')}.",
+                    error_id=f"Microsoft.SharePoint.PowerShell.SPCmdletRemove{noun}",
+                    category="ObjectNotFound",
+                    exception_type="System.Management.Automation.PSArgumentException",
+                    target=call.required_text("Identity"),
+                    terminating=True,
+                )
+            if call.what_if:
+                return
+            items[:] = [i for i in items if i is not found[0]]
+        yield from ()
 
     return handler
 
@@ -1283,6 +1324,16 @@ def _exchange_table() -> dict[str, _Cmdlet]:
             f"{_SYS}.RemoveSettingOverride",
             ("Identity",),
         ),
+        # What --rollback sends to take out an object a fix created (New-/Add- above).
+        *(
+            _Cmdlet(f"Remove-{noun}", ("Identity",), _remove(noun), task, ("Identity",))
+            for noun, task in (
+                ("AuthServer", f"{_SYS}.RemoveAuthServer"),
+                ("ManagementRoleAssignment", f"{_RBAC}.RemoveManagementRoleAssignment"),
+                ("IntraOrganizationConnector", f"{_SYS}.RemoveIntraOrganizationConnector"),
+                ("AvailabilityAddressSpace", f"{_SYS}.RemoveAvailabilityAddressSpace"),
+            )
+        ),
         # Set-MapiVirtualDirectory has no boolean switches: the methods are one list.
         _Cmdlet(
             "Set-MapiVirtualDirectory",
@@ -1403,6 +1454,20 @@ def _sharepoint_table() -> dict[str, _Cmdlet]:
             _sp_new_acs_proxy,
             f"{ps}.SPCmdletNewAzureAccessControlServiceApplicationProxy",
             ("Name", "MetadataServiceEndpointUri"),
+        ),
+        _Cmdlet(
+            "Remove-SPTrustedSecurityTokenIssuer",
+            ("Identity",),
+            _sp_remove("TrustedSecurityTokenIssuer", "SPTrustedSecurityTokenIssuer"),
+            f"{ps}.SPCmdletRemoveTrustedSecurityTokenIssuer",
+            ("Identity",),
+        ),
+        _Cmdlet(
+            "Remove-SPServiceApplicationProxy",
+            ("Identity", "RemoveData"),
+            _sp_remove("ServiceApplicationProxy", "SPServiceApplicationProxy"),
+            f"{ps}.SPCmdletRemoveServiceApplicationProxy",
+            ("Identity",),
         ),
         _Cmdlet(
             "Get-SPAppPrincipal",

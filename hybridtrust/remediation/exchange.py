@@ -211,7 +211,16 @@ def unmet(expect: Mapping[str, Any], value: Any) -> list[str]:
     problems = []
     for name, wanted in expect.items():
         found = value.get(name)
-        if isinstance(wanted, list):
+        if isinstance(wanted, dict):
+            # {"contains": [...]} / {"excludes": [...]}: a method list must (not) hold these, whatever else it holds.
+            have = {str(item).lower() for item in found or []}
+            lacking = [item for item in wanted.get("contains", []) if str(item).lower() not in have]
+            extra = [item for item in wanted.get("excludes", []) if str(item).lower() in have]
+            if lacking:
+                problems.append(f"{name} {found} lacks {lacking}")
+            if extra:
+                problems.append(f"{name} {found} still holds {extra}")
+        elif isinstance(wanted, list):
             found_set = {str(item).lower() for item in found or []}
             if found_set != {str(item).lower() for item in wanted}:
                 problems.append(f"{name} is {found}, not {wanted}")
