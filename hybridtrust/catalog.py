@@ -394,7 +394,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "server x vdir",
         "S3",
         "Set-WebServicesVirtualDirectory/-OabVirtualDirectory/-AutodiscoverVirtualDirectory -Identity <vdir> "
-        "-OAuthAuthentication $true; MAPI and ActiveSync: -IISAuthenticationMethods <existing + OAuth>",
+        "-OAuthAuthentication $true; MAPI: -IISAuthenticationMethods <existing + OAuth>; ActiveSync: -InternalAuthenticationMethods/-ExternalAuthenticationMethods <existing + OAuth>",
         VDIRS_HMA,
     ),
     _r(

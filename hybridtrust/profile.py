@@ -110,6 +110,8 @@ class TenantSection(_Strict):
     primary: bool = False
     """The tenant whose evoSTS is the default authorization endpoint (HMA-DEFAULT-ENDPOINT)."""
     credential: GraphCredential = GraphCredential()
+    remediation_credential: GraphCredential | None = None
+    """--remediate/--rollback only: an identity with Application.ReadWrite.All (default: `credential`)."""
 
     @field_validator("initial_domain")
     @classmethod
