@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from psrpcore.types import PSObject
 
+from hybridtrust.certificates import decode_key_identifier
 from hybridtrust.lab.exchange_objects import (
     AuthenticationMethod,
     Directory,
@@ -53,6 +54,7 @@ from hybridtrust.lab.state import LabState
 MUTATING_VERBS = {"Set", "New", "Add", "Remove", "Register", "Enable", "Disable"}
 
 Endpoint = Literal["exchange", "sharepoint"]
+EXCHANGE_ONLINE = "00000002-0000-0ff1-ce00-000000000000"
 
 _PS = "System.Management.Automation"
 # What every cmdlet accepts (PowerShell's common parameters).
@@ -1164,9 +1166,84 @@ _VDIR_GET = ("Identity", "Server", "ADPropertiesOnly", "ShowMailboxVirtualDirect
 _VDIR_URLS = ("InternalUrl", "ExternalUrl", "ExtendedProtectionTokenChecking", "ExtendedProtectionFlags")
 
 
+def _test_oauth_connectivity(call: _Call) -> Iterator[Any]:
+    """Test-OAuthConnectivity -Service EWS -TargetUri <cloud EWS> -Mailbox <mailbox> (S0's check).
+
+    The lab cannot ask Entra ID for a token, so it answers what Entra ID would: success when
+    the partner application is enabled, the tenant's evoSTS AuthServer is enabled and the
+    current auth certificate is a key of the application Exchange Online validates (the
+    dedicated hybrid application when the S5 override is on, else 00000002-...).
+    """
+    mailbox = call.text("Mailbox") or ""
+    with call.state.lock:
+        domain = mailbox.rpartition("@")[2].lower()
+        tenants = call.state.tenants
+        tenant_id = next(
+            (
+                tid
+                for tid, tenant in tenants.items()
+                if any(str(d.get("id", "")).lower() == domain for d in tenant.get("domains", []))
+            ),
+            next(iter(tenants), None),
+        )
+        tenant = tenants.get(tenant_id or "", {})
+        problems: list[str] = []
+        partner = next(
+            (p for p in call.state.objects("PartnerApplication") if p.get("ApplicationIdentifier") == EXCHANGE_ONLINE),
+            None,
+        )
+        if partner is None or not partner.get("Enabled"):
+            problems.append("The application is missing a linked account for RBAC roles or is disabled.")
+        evosts = [
+            a for a in call.state.objects("AuthServer") if a.get("Type") == "AzureAD" and a.get("Realm") == tenant_id
+        ]
+        if not any(a.get("Enabled") for a in evosts):
+            problems.append(f"No enabled authorization server trusts the realm {tenant_id}.")
+        current = str(call.state.objects("AuthConfig")[0].get("CurrentCertificateThumbprint") or "").upper()
+        dedicated = any(
+            o.get("SectionName") == "ExchangeOnpremAsThirdPartyAppId"
+            and any(str(p).lower() == "enabled=true" for p in o.get("Parameters", []))
+            for o in call.state.objects("SettingOverride")
+        )
+        if dedicated:
+            app_ids = {str(a.get("ApplicationIdentifier", "")).lower() for a in evosts}
+            holders = [a for a in tenant.get("applications", []) if str(a.get("appId", "")).lower() in app_ids]
+        else:
+            holders = [sp for sp in tenant.get("servicePrincipals", []) if sp.get("appId") == EXCHANGE_ONLINE]
+
+        def names_current(credential: Mapping[str, Any]) -> bool:
+            key = credential.get("key")
+            if key:
+                return thumbprint(base64.b64decode(key)) == current
+            return decode_key_identifier(credential.get("customKeyIdentifier")) == current
+
+        if not any(names_current(c) for holder in holders for c in holder.get("keyCredentials", [])):
+            problems.append(
+                f"Error: AADSTS50012: Client assertion contains an invalid signature. [Reason - The key was not "
+                f"found., Thumbprint of key used by client: '{current}']"
+            )
+    result = "Error" if problems else "Success"
+    detail = " ".join(problems) or (
+        f"The configuration was last successfully loaded at {_now()}. Trying to get the OAuth token for "
+        f"{call.text('TargetUri')} succeeded."
+    )
+    yield ps_object(
+        ["Microsoft.Exchange.Security.OAuth.ValidationResultNode", "System.Object"],
+        [("Task", "Checking EWS API Call Under Oauth"), ("Detail", detail), ("Service", call.text("Service") or "EWS"),
+         ("ResultType", result), ("Identity", None), ("IsValid", True)],
+        to_string="Microsoft.Exchange.Security.OAuth.ValidationResultNode",
+    )  # fmt: skip
+
+
 def _exchange_table() -> dict[str, _Cmdlet]:
     cmdlets = [
         _Cmdlet("Get-AuthServer", ("Identity",), _get("AuthServer"), f"{_SYS}.GetAuthServer"),
+        _Cmdlet(
+            "Test-OAuthConnectivity",
+            ("Service", "TargetUri", "Mailbox", "AppOnly", "ReloadConfig", "UseCachedToken"),
+            _test_oauth_connectivity,
+            f"{_SYS}.TestOAuthConnectivity",
+        ),
         _Cmdlet("Get-PartnerApplication", ("Identity",), _get("PartnerApplication"), f"{_SYS}.GetPartnerApplication"),
         _Cmdlet("Get-AuthConfig", (), _get_singleton("AuthConfig"), f"{_SYS}.GetAuthConfig"),
         _Cmdlet(
