@@ -126,6 +126,8 @@ SUPPORTED_QUERY_OPTIONS = frozenset({"$select", "$filter", "$top", "$skiptoken"}
 # Only the v2.0 endpoints MSAL and azure-identity use; v1 discovery would advertise a
 # resource= token endpoint the lab does not implement.
 _LOGIN_GET_ROUTES = frozenset({"v2.0/.well-known/openid-configuration", "discovery/v2.0/keys", "discovery/keys"})
+# STS metadata documents an AuthServer's AuthMetadataUrl names (evoSTS, ACS); served for --connectivity.
+_METADATA_ROUTES = frozenset({"FederationMetadata/2007-06/FederationMetadata.xml", "metadata/json/1"})
 _GRAPH_CONTENT_TYPE = (
     "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 )
@@ -703,7 +705,7 @@ class GraphLabServer:
         route = "/".join(segments[1:])
         if segments[:3] == ["common", "discovery", "instance"]:
             endpoint = "GET /common/discovery/instance"
-        elif route in _LOGIN_GET_ROUTES:
+        elif route in _METADATA_ROUTES or route in _LOGIN_GET_ROUTES:
             endpoint = f"GET /{{tenant}}/{route}"
         elif route == "oauth2/v2.0/token":
             endpoint = "POST /{tenant}/oauth2/v2.0/token"
@@ -731,6 +733,8 @@ class GraphLabServer:
         try:
             if endpoint == "GET /common/discovery/instance":
                 return self._instance_discovery(request)
+            if route in _METADATA_ROUTES:
+                return self._metadata_document(tenant_segment, route)
             if endpoint.endswith("openid-configuration"):
                 return self._openid_configuration(tenant_segment)
             if endpoint.endswith("keys"):
@@ -742,6 +746,55 @@ class GraphLabServer:
                 error.body(trace_id, correlation_id),
                 **{"Cache-Control": "no-store, no-cache", "Pragma": "no-cache", "x-ms-request-id": trace_id},
             )
+
+    def _metadata_document(self, segment: str, route: str) -> _Response:
+        """The STS metadata an AuthServer reads (S0's AuthMetadataUrl, S4's ACS metadata endpoint).
+
+        evoSTS publishes WS-Federation metadata whose entityID names the tenant; ACS publishes
+        JSON whose realm is the tenant id. Both carry the signing certificates the tenant's
+        token service uses now (``stsSigningCertificates`` in the lab state).
+        """
+        tenant_id = self._resolve_tenant(segment)
+        if tenant_id is None:
+            raise EntraError(400, "invalid_tenant", 90002, f"Tenant '{segment}' not found.")
+        with self.state.lock:
+            keys = list(self.state.tenants[tenant_id].get("stsSigningCertificates") or [])
+        if route == "metadata/json/1":
+            acs = "00000001-0000-0000-c000-000000000000"
+            document = {
+                "version": "1.0",
+                "realm": tenant_id,
+                "serviceName": "Windows Azure Access Control Service",
+                "issuer": f"{acs}@{tenant_id}",
+                "allowedAudiences": [f"{acs}/accounts.accesscontrol.windows.net@{tenant_id}"],
+                "keys": [
+                    {"usage": "signing", "keyValue": {"type": "x509Certificate", "value": key, "keyName": ""}}
+                    for key in keys
+                ],
+                "endpoints": [
+                    {
+                        "location": f"https://accounts.accesscontrol.windows.net/{tenant_id}/tokens/OAuth/2",
+                        "protocol": "OAuth2",
+                        "usage": "issuance",
+                    }
+                ],
+            }
+            return _json_response(200, document)
+        certificates = "".join(
+            '<KeyDescriptor use="signing"><KeyInfo xmlns="http://www.w3.org/2000/09/xmldsig#"><X509Data>'
+            f"<X509Certificate>{key}</X509Certificate></X509Data></KeyInfo></KeyDescriptor>"
+            for key in keys
+        )
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<EntityDescriptor ID="_{uuid.uuid4()}" entityID="https://sts.windows.net/{tenant_id}/" '
+            'xmlns="urn:oasis:names:tc:SAML:2.0:metadata">'
+            '<RoleDescriptor xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+            'xmlns:fed="http://docs.oasis-open.org/wsfed/federation/200706" xsi:type="fed:SecurityTokenServiceType" '
+            'protocolSupportEnumeration="http://docs.oasis-open.org/wsfed/federation/200706">'
+            f"{certificates}</RoleDescriptor></EntityDescriptor>"
+        )
+        return _Response(200, xml.encode("utf-8"), "application/xml; charset=utf-8")
 
     def _resolve_tenant(self, segment: str) -> str | None:
         """A tenant id from the path: the id itself, or one of the tenant's domain names."""
