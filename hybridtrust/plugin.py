@@ -179,7 +179,14 @@ def pytest_configure(config: pytest.Config) -> None:
         target = Path(save.replace("{profile}", profile.name)) if save else None
         if target is not None and len(profiles) > 1 and "{profile}" not in save:
             target = target / profile.name
-        audits.append(Audit(profile=profile, evidence=bundle, save_evidence=target))
+        audits.append(
+            Audit(
+                profile=profile,
+                evidence=bundle,
+                save_evidence=target,
+                connectivity=bool(config.getoption("connectivity")),
+            )
+        )
 
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
