@@ -20,6 +20,8 @@ class Audit:
     evidence: Path | None = None
     """Judge this bundle instead of connecting (--evidence, or the profile's [evidence])."""
     save_evidence: Path | None = None
+    connectivity: bool = False
+    """--connectivity: also run the live probes (metadata documents, Test-OAuthConnectivity)."""
     _organization: Organization | None = field(default=None, repr=False)
 
     @property
@@ -46,7 +48,7 @@ class Audit:
         else:
             from hybridtrust.sources.live import collect_live
 
-            collection = collect_live(self.profile)
+            collection = collect_live(self.profile, connectivity=self.connectivity)
             if self.save_evidence is not None:
                 from hybridtrust.sources.save import save_evidence_bundle
 

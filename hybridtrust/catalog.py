@@ -585,6 +585,19 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "<ACS metadata URL> -DefaultProxyGroup",
         (f"{SHAREPOINT}Get-SPServiceApplicationProxy",),
     ),
+    # Not a row of REQUIREMENTS.md: S4's trust rests on ACS naming the same realm as the farm,
+    # which only a live probe can prove (issue: "the realm, proven live").
+    _r(
+        "SPS-ACS-METADATA",
+        "The tenant's ACS metadata names the farm's realm (live probe)",
+        "sharepoint-s2s",
+        "high",
+        "farm",
+        "S4",
+        "Set-SPAuthenticationRealm -realm <tenant id>, then re-register the trusts that used the old realm",
+        (f"{SHAREPOINT}Get-SPAuthenticationRealm",),
+        live_only=True,
+    ),
     _r(
         "SPS-TRUSTED-ISSUER",
         "The ACS trusted security token issuer is registered as a trust broker",

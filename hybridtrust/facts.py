@@ -88,6 +88,17 @@ class Collection:
 
 
 @dataclass(frozen=True)
+class MetadataDocument:
+    """An STS metadata document as fetched now (--connectivity): whom it names, what it signs with."""
+
+    url: str
+    tenant: str | None
+    """The tenant it names: evoSTS ``entityID`` https://sts.windows.net/<tenant>/, ACS ``realm``."""
+    signing_keys: tuple[str, ...]
+    """Base64 DER of the signing certificates it publishes."""
+
+
+@dataclass(frozen=True)
 class ConnectivityResult:
     """What Test-OAuthConnectivity reported."""
 
@@ -1209,9 +1220,9 @@ class Organization:
             raise NotCollected(value)
         return value
 
-    def metadata_signing_keys(self, url: str | None) -> set[str]:
-        """The signing certificates (base64 DER) an STS metadata document publishes now."""
-        return set(self._probe(f"metadata:{url}", f"the metadata document {url}"))
+    def metadata_document(self, url: str | None) -> MetadataDocument:
+        """An STS metadata document as it is published now (fetched by the live probe)."""
+        return self._probe(f"metadata:{url}", f"the metadata document {url}")
 
     def oauth_connectivity(self, tenant: Tenant) -> ConnectivityResult:
         return self._probe(f"oauth-connectivity:{tenant.id}", f"Test-OAuthConnectivity for tenant {tenant.id}")

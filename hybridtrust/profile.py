@@ -109,6 +109,8 @@ class TenantSection(_Strict):
     initial_domain: DomainName
     primary: bool = False
     """The tenant whose evoSTS is the default authorization endpoint (HMA-DEFAULT-ENDPOINT)."""
+    test_mailbox: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    """A mailbox of this tenant for Test-OAuthConnectivity (--connectivity)."""
     credential: GraphCredential = GraphCredential()
     remediation_credential: GraphCredential | None = None
     """--remediate/--rollback only: an identity with Application.ReadWrite.All (default: `credential`)."""

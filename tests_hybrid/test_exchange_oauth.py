@@ -419,16 +419,29 @@ def test_wssecurity_is_enabled(vdir: VirtualDirectory) -> None:
 
 @requirement("EXO-AUTHMETADATA-FRESH", over=subjects.tenants)
 def test_auth_server_signing_keys_match_current_metadata(tenant: Tenant, org: Organization) -> None:
-    servers = [server for server in org.auth_servers_of(tenant, org.cloud.auth_server_type) if server.enabled]
+    servers = [
+        server
+        for kind in ("AzureAD", "MicrosoftACS")
+        for server in org.auth_servers_of(tenant, kind)  # type: ignore[arg-type]
+        if server.enabled and server.auth_metadata_url
+    ]
     if not servers:
         pytest.skip(f"no enabled AuthServer of tenant {tenant} to probe (see EXO-AUTHSERVER)")
     for server in servers:
-        published = org.metadata_signing_keys(server.auth_metadata_url)
+        document = org.metadata_document(server.auth_metadata_url)
+        assert document.tenant == tenant.id, failure(
+            f"The metadata document of AuthServer {server.name} ({server.auth_metadata_url}) names tenant "
+            f"{document.tenant}, not {tenant.id}: Exchange trusts another tenant's tokens under this realm",
+            found=document.tenant,
+            expected=tenant.id,
+            fix=f"Set-AuthServer -Identity '{server.name}' -AuthMetadataUrl "
+            f"{org.cloud.federation_metadata_urls(tenant.initial_domain)[0] if server.is_evosts else org.cloud.acs_metadata_url(tenant.id)}",
+        )
         held = set(server.certificate_strings)
-        assert held & published, failure(
+        assert held & set(document.signing_keys), failure(
             f"None of the {len(held)} signing keys AuthServer {server.name} holds is in its current metadata "
             f"document {server.auth_metadata_url}: tokens fail with 401 x-ms-diagnostics 2000000 invalid_signature",
-            found=f"{len(held)} CertificateStrings, none published",
+            found=f"{len(held)} CertificateStrings, none of the {len(document.signing_keys)} published",
             expected=f"a key of {server.auth_metadata_url}",
             fix=f"Set-AuthServer -Identity '{server.name}' -RefreshAuthMetadata",
         )

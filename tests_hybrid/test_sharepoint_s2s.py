@@ -181,3 +181,21 @@ def test_acs_is_a_trusted_token_issuer(org: Organization) -> None:
         fix=f"Remove-SPTrustedSecurityTokenIssuer '{issuer.name}'; New-SPTrustedSecurityTokenIssuer "
         f'-MetadataEndpoint {metadata} -IsTrustBroker -Name "ACS"',
     )
+
+
+@requirement("SPS-ACS-METADATA", over=subjects.farm)
+def test_acs_metadata_names_the_farm_realm(org: Organization) -> None:
+    tenant = org.sharepoint_tenant
+    url = org.cloud.acs_metadata_url(tenant.id)
+    document = org.metadata_document(url)
+    assert document.tenant == tenant.id == org.sharepoint_realm, failure(
+        f"ACS metadata {url} names realm {document.tenant}; the farm's realm is {org.sharepoint_realm} and the "
+        f"tenant is {tenant.id}: they must be one and the same",
+        found={"ACS realm": document.tenant, "farm realm": org.sharepoint_realm},
+        expected=tenant.id,
+        fix=f"Set-SPAuthenticationRealm -realm {tenant.id} (S4: after which the trusts that use the old realm "
+        "must be re-registered)",
+    )
+    assert document.signing_keys, failure(
+        f"ACS metadata {url} publishes no signing key", found=[], expected="at least one signing certificate"
+    )

@@ -41,7 +41,16 @@ from typing import TYPE_CHECKING, Any
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, SHAREPOINT_ONLINE_APP_ID, Collection, Missing, TenantDocuments
 from hybridtrust.sources.evidence import EXCHANGE_CMDLETS, EXCHANGE_ONLINE_CMDLETS, SHAREPOINT_DOCUMENTS
 from hybridtrust.sources.exchange import EXCHANGE_CONFIGURATION, collect_exchange
-from hybridtrust.sources.remoting import RemotingSettings, SettingsError
+from hybridtrust.sources.remoting import (
+    REMOTING_ERRORS,
+    Command,
+    RemotingSettings,
+    SettingsError,
+    close_pool,
+    describe_transport_error,
+    open_pool,
+    run_commands,
+)
 from hybridtrust.sources.sharepoint import SHAREPOINT_CONFIGURATION, collect_sharepoint
 
 if TYPE_CHECKING:
@@ -68,6 +77,9 @@ class LiveConnections:
     sharepoint: RemotingSettings | SettingsError | None
     graph: GraphConnection | Missing
     notes: list[str] = field(default_factory=list)
+    metadata_base: str | None = None
+    """--connectivity against the lab: its token service answers for Microsoft's STS metadata hosts."""
+    metadata_ca_file: Path | None = None
 
 
 @dataclass
@@ -135,6 +147,8 @@ def lab_connections(profile: Profile, description: Mapping[str, Any], *, origin:
         exchange=remoting("exchange", EXCHANGE_CONFIGURATION, profile.exchange),
         sharepoint=remoting("sharepoint", SHAREPOINT_CONFIGURATION, profile.sharepoint),
         graph=_lab_graph(profile, description.get("graph")),
+        metadata_base=str(graph["authority"]) if isinstance(graph := description.get("graph"), Mapping) else None,
+        metadata_ca_file=Path(str(graph["ca_file"])) if isinstance(graph, Mapping) and graph.get("ca_file") else None,
     )
 
 
@@ -246,13 +260,15 @@ def _unreachable(profile: Profile, reason: str) -> LiveConnections:
 
 
 # -- collecting ----------------------------------------------------------------------------------------
-def collect_live(profile: Profile) -> Collection:
+def collect_live(profile: Profile, *, connectivity: bool = False) -> Collection:
     """Everything the requirement tests need about one organization, from the live systems."""
     connections = _lab_profile_connections(profile) if profile.lab is not None else profile_connections(profile)
-    return collect_with(profile, connections)
+    return collect_with(profile, connections, connectivity=connectivity)
 
 
-def collect_with(profile: Profile, connections: LiveConnections, *, now: dt.datetime | None = None) -> Collection:
+def collect_with(
+    profile: Profile, connections: LiveConnections, *, now: dt.datetime | None = None, connectivity: bool = False
+) -> Collection:
     collection = Collection(
         source="live", origin=connections.origin, collected_at=(now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     )
@@ -281,7 +297,73 @@ def collect_with(profile: Profile, connections: LiveConnections, *, now: dt.date
 
     # 4. Exchange Online
     collection.exchange_online.update(exchange_online_documents(profile))
+
+    # 5. The opt-in live probes (--connectivity)
+    if connectivity:
+        _probe(profile, connections, collection)
     return collection
+
+
+def _probe(profile: Profile, connections: LiveConnections, collection: Collection) -> None:
+    """Fetch every AuthServer's metadata and each tenant's ACS metadata; run Test-OAuthConnectivity."""
+    from hybridtrust.sources import probes
+
+    urls = [profile.cloud.acs_metadata_url(tenant.id) for tenant in profile.tenants]
+    auth_servers = collection.exchange.get("Get-AuthServer")
+    if isinstance(auth_servers, list):
+        urls += [url for record in auth_servers if (url := record.text_of("AuthMetadataUrl"))]
+    ca_file = connections.metadata_ca_file or profile.resolve(profile.entra.ca_file)
+    for url, document in probes.fetch_all(urls, base=connections.metadata_base, ca_file=ca_file).items():
+        collection.probes[f"metadata:{url}"] = document
+
+    primary = profile.primary_tenant.id
+    mailboxes = {
+        tenant.id: tenant.test_mailbox or (profile.organization.test_mailbox if tenant.id == primary else None)
+        for tenant in profile.tenants
+    }
+    commands = [
+        Command(
+            f"oauth-connectivity:{tenant_id}",
+            "Test-OAuthConnectivity",
+            (("Service", "EWS"), ("TargetUri", profile.cloud.exchange_online_ews_url), ("Mailbox", mailbox)),
+        )
+        for tenant_id, mailbox in mailboxes.items()
+        if mailbox
+    ]
+    for tenant_id, mailbox in mailboxes.items():
+        if not mailbox:
+            collection.probes[f"oauth-connectivity:{tenant_id}"] = Missing(
+                f"probe:oauth-connectivity:{tenant_id}",
+                f"no test mailbox for tenant {tenant_id}: name one in its [[tenants]] test_mailbox "
+                "([organization] test_mailbox serves the primary tenant)",
+                by_design=True,
+            )
+    settings = connections.exchange
+    if not commands:
+        return
+    if not isinstance(settings, RemotingSettings):
+        reason = f"not probed: Exchange cannot be reached ({settings or 'no [exchange] section'})"
+        for command in commands:
+            collection.probes[command.key] = Missing(f"probe:{command.key}", reason)
+        return
+    try:
+        pool = open_pool(settings, min(len(commands), settings.max_concurrency))
+    except REMOTING_ERRORS as error:
+        reason = f"not probed: {describe_transport_error(error, settings)}"
+        for command in commands:
+            collection.probes[command.key] = Missing(f"probe:{command.key}", reason)
+        return
+    try:
+        outcomes = run_commands(pool, commands, settings)
+    finally:
+        close_pool(pool)
+    for command in commands:
+        outcome = outcomes[command.key]
+        collection.probes[command.key] = (
+            Missing(f"probe:{command.key}", f"not probed: Test-OAuthConnectivity on {settings.uri}: {outcome.error}")
+            if outcome.error
+            else probes.connectivity_result(list(outcome.records))
+        )
 
 
 def _collect_tenants(
