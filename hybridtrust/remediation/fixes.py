@@ -880,11 +880,14 @@ def _oauth_over_http(failure: Failure) -> list[Change]:
     ]
 
 
-@planner("SPS-REALM")
+@planner("SPS-REALM", "SPS-ACS-METADATA")
 def _realm(failure: Failure) -> list[Change]:
     org = failure.organization
     tenant = org.sharepoint_tenant
     records = _sharepoint_records(org, "Get-SPAuthenticationRealm")
+    if org.sharepoint_realm == tenant.id:
+        # SPS-ACS-METADATA can fail with the farm already right: then ACS's side differs, which no cmdlet here fixes.
+        raise NoFix(f"the farm's realm is the tenant id {tenant.id} already; the difference is on the ACS side")
     change = _set_change(
         failure,
         "Get-SPAuthenticationRealm",
