@@ -66,13 +66,20 @@ def test_the_trend_chart_is_well_formed_svg_with_a_bar_per_run() -> None:
     assert ET.fromstring(trend_svg([])).tag == f"{SVG}svg"
 
 
-def test_every_run_is_kept_and_the_report_shows_the_trend(run_suite: Callable[..., SuiteRun]) -> None:
-    for _ in range(2):
-        run = run_suite("--profile", "demo")
-        assert run.status == 1
-    kept = history.run_files(run.reports, "demo")  # two runs in one second: the second is <stamp>-2.json
+def test_every_run_is_kept_and_the_report_shows_the_trend(tmp_path: Path, run_suite: Callable[..., SuiteRun]) -> None:
+    # An earlier run in which EXO-AUTHCERT failed on EX04 and OWA-BUILD passed everywhere.
+    earlier = _document("2026-11-23T05:30:00+00:00", ("EXO-AUTHCERT", "EX04", "failed", "critical"),
+                        ("OWA-BUILD", "EX04", "passed", "high"), ("OWA-BUILD", "EX2010", "passed", "high"))  # fmt: skip
+    earlier["profile"] = "demo"
+    history.keep(tmp_path / "reports", "demo", "20261123T053000Z", earlier)
+    run = run_suite("--profile", "demo")
+    assert run.status == 1
+    kept = history.run_files(run.reports, "demo")
     assert len(kept) == 2
     assert json.loads(kept[-1].read_text()) == run.results["demo"]  # the very document of the run
     html = (run.reports / "demo-latest.html").read_text()
     assert '<svg class="ht-trend"' in html and "requirements in the last 2 run(s)" in html
-    assert "Since the previous run" in html and "new failures: none" in html
+    assert "Since the previous run (2026-11-23T05:30:00+00:00)" in html
+    changes = html[html.index("Since the previous run") : html.index("Trend:")]
+    assert "new failures:" in changes and "<b>OWA-BUILD</b> EX04" in changes and "<b>OWA-BUILD</b> EX2010" in changes
+    assert "<b>EXO-AUTHCERT</b> EX04" not in changes  # failing then and now: not news
