@@ -33,6 +33,8 @@ body { font-family: Helvetica, Arial, sans-serif; font-size: 14px; margin: 1em 2
 table.ht-results { border-collapse: collapse; width: 100%; margin-top: .5em; }
 table.ht-results th, table.ht-results td { border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; text-align: left; }
 table.ht-results th { background: #f2f2f2; }
+table.ht-results td:first-child { white-space: nowrap; }
+table.ht-results td code { font-size: 11px; word-break: break-all; }
 .ht-outcome-failed { color: #b00020; font-weight: bold; }
 .ht-outcome-error { color: #d35400; font-weight: bold; }
 .ht-outcome-passed { color: #2e7d32; }
@@ -57,7 +59,8 @@ def _write_text(path: Path, text: str) -> None:
 def _result_row(result: Result) -> str:
     detail = ""
     if result.outcome in ("failed", "error"):
-        detail = f"<details><summary>details and fix</summary>{finding_panel(result)}</details>"
+        # Open, as pytest-html shows failing rows: the fix is readable without a click.
+        detail = f"<details open><summary>details and fix</summary>{finding_panel(result)}</details>"
     return (
         f"<tr><td>{escape(result.requirement)}</td><td>{escape(result.severity)}</td><td>{escape(result.subject)}</td>"
         f'<td class="ht-outcome-{escape(result.outcome)}">{escape(result.outcome)}</td>'

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.report import browser
-from tests.support import SuiteRun
+from tests.support import REPOSITORY, SuiteRun
 
 VISIBLE = "(e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden'"
 EXPRESSIONS = {
@@ -75,3 +75,23 @@ def test_the_browser_check_does_catch_console_errors(chromium: str, tmp_path: Pa
     assert any("boom" in problem for problem in seen.problems), seen.problems
     assert any("undefinedFunction" in problem for problem in seen.problems), seen.problems
     assert any("missing.png" in problem for problem in seen.problems), seen.problems
+
+
+def test_an_organizations_own_report_reads_on_its_own(
+    chromium: str, run_suite: Callable[..., SuiteRun], tmp_path: Path
+) -> None:
+    # A second organization: the demo's profile under another name, so the run writes per-organization files.
+    text = (REPOSITORY / "profiles" / "demo.toml").read_text()
+    evidence = (REPOSITORY / "profiles" / "demo-evidence").as_posix()
+    other = tmp_path / "fabrikam.toml"
+    other.write_text(text.replace('path = "demo-evidence"', f'path = "{evidence}"'))
+    run = run_suite("--profile", "demo", "--profile", str(other))
+    assert run.status == 1
+    page = browser.view(
+        run.reports / "fabrikam-latest.html", {**EXPRESSIONS, "width": "document.documentElement.scrollWidth"}
+    )
+    assert page.problems == []
+    assert "audit of profile fabrikam" in page.values["text"] and "audit of profile demo" not in page.values["text"]
+    assert page.values["trend"] is not None and page.values["trend"]["visible"]
+    assert page.values["fixes"]  # failing rows open: every documented fix on screen
+    assert page.values["width"] <= 1280  # nothing runs off the right edge
