@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from hybridtrust import catalog, history
 from hybridtrust.baseline import BaselineError, Comparison, compare, load_results_document
 from hybridtrust.report_extras import ProfileExtras, extras_html, waiver_panel
 from hybridtrust.report_files import write_profile_reports
-from hybridtrust.results import ProfileResults, Result
+from hybridtrust.results import ProfileResults, Result, _jsonable
 from hybridtrust.waivers import WaiverError, Waivers, load_waivers
 
 if TYPE_CHECKING:
@@ -69,11 +69,8 @@ def _is_controller(config: pytest.Config) -> bool:
 
 
 def _wire(result: Result) -> dict[str, Any]:
-    """A Result as plain data execnet can carry (found/expected as the results document writes them)."""
-    data = asdict(result)
-    document = result.document()
-    data["found"], data["expected"] = document["found"], document["expected"]
-    return data
+    """A Result as plain data execnet can carry: every value as the results document writes it."""
+    return {item.name: _jsonable(getattr(result, item.name)) for item in fields(result)}
 
 
 class Gate:
