@@ -356,8 +356,9 @@ def test_changes_are_persisted(tmp_path, pristine: LabState) -> None:
 
 
 def test_every_mutating_cmdlet_uses_a_mutating_verb() -> None:
+    # Get- and Test- read; everything else changes the organization and is counted as mutating.
     for cmdlet in EXCHANGE_CMDLETS.values():
-        assert cmdlet.verb in MUTATING_VERBS | {"Get"}, cmdlet.name
+        assert cmdlet.verb in MUTATING_VERBS | {"Get", "Test"}, cmdlet.name
 
 
 # -- SharePoint ---------------------------------------------------------------------------------------------------
