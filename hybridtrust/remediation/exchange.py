@@ -148,6 +148,65 @@ def planned_value(records: Iterable[PSRecord], spec: Mapping[str, Any], identity
     return snapshot(chosen[0], spec.get("properties"))
 
 
+def restored_value(recorded: Any, properties: Sequence[str]) -> Any:
+    """What an undo parameter takes back: one property's recorded value, or the union of several method lists."""
+    if not isinstance(recorded, dict):
+        return recorded  # a string output (the SharePoint realm): the value itself
+    if len(properties) == 1:
+        return recorded.get(properties[0])
+    union: list[str] = []
+    for name in properties:
+        for item in recorded.get(name) or []:
+            if str(item).lower() not in {u.lower() for u in union}:
+                union.append(str(item))
+    return union
+
+
+def merged_parameters(command: Mapping[str, Any], merge: Mapping[str, Any] | None, current: Any) -> dict[str, Any]:
+    """The command with its list parameters computed from the object as it is now: what it holds + what is added."""
+    if not merge or not isinstance(current, dict):
+        return dict(command)
+    parameters = []
+    for name, value in command.get("parameters", []):
+        spec = merge.get(name)
+        if spec is not None:
+            value = (
+                restored_value(current, spec["from"])
+                if len(spec["from"]) > 1
+                else list(current.get(spec["from"][0]) or [])
+            )
+            for item in spec["add"]:
+                if str(item).lower() not in {str(v).lower() for v in value}:
+                    value = [*value, item]
+        parameters.append([name, value])
+    return {**command, "parameters": parameters}
+
+
+def undo_for(undo: Mapping[str, Any], recorded: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The undo command and its expectation, with the values recorded just before the fix filled in.
+
+    A scalar recorded as empty cannot be sent back (a None parameter would be a switch):
+    that parameter is left out and said so.
+    """
+    restore: Mapping[str, list[str]] = undo.get("restore") or {}
+    notes: list[str] = []
+    parameters = []
+    for name, value in undo["command"].get("parameters", []):
+        if name in restore:
+            value = restored_value(recorded, restore[name])
+            if value is None:
+                notes.append(f"-{name} was empty before the fix and is left as it is")
+                continue
+        parameters.append([name, value])
+    expect = dict(undo.get("expect") or {})
+    for name in undo.get("expect_before") or []:
+        if name == "$value" or not isinstance(recorded, dict):
+            expect["value"] = recorded
+        elif recorded.get(name) is not None or name not in restore:
+            expect[name] = recorded.get(name)
+    return {**undo["command"], "parameters": parameters}, expect, notes
+
+
 # -- how a command reads -----------------------------------------------------------------------------------
 def _literal(value: Any) -> str:
     if value is None:

@@ -42,6 +42,7 @@ from hybridtrust.remediation.exchange import (
     command_text,
     planned_value,
     probe,
+    restored_value,
     sts_toggle_script,
     undo_command,
 )
@@ -108,9 +109,11 @@ def _set_change(
     identity: str | None,
     parameters: Sequence[tuple[str, Any]],
     expect: dict[str, Any],
-    undo_parameters: Sequence[tuple[str, Any]] | None,
-    undo_expect: dict[str, Any] | None = None,
     *,
+    undo: str | Sequence[tuple[str, Any]] | None = "restore",
+    restore: dict[str, list[str]] | None = None,
+    expect_before: Sequence[str] | None = None,
+    merge: dict[str, dict[str, list[str]]] | None = None,
     probe_parameters: Sequence[tuple[str, Any]] = (),
     endpoint: str = "exchange",
     records: list[Any] | None = None,
@@ -119,7 +122,15 @@ def _set_change(
     stage: int = 0,
     undo_note: str | None = None,
 ) -> Change:
-    """A Set- cmdlet on one existing object; before/after are the probe's view of the object."""
+    """A Set- cmdlet on one existing object; before/after are the probe's view of the object.
+
+    ``merge`` names list parameters computed again at write time from the object as
+    re-read then (``from`` properties + ``add``), so an earlier change of the same run
+    is never overwritten. The undo is ``"restore"`` (each parameter takes back its
+    property's value recorded just before the write; ``restore`` maps a parameter to
+    other properties), explicit parameters, or None (``undo_note`` says why).
+    ``expect_before`` are the properties rollback must bring back to that value.
+    """
     identity_parameters: list[tuple[str, Any]] = [("Identity", identity)] if identity is not None else []
     spec = probe(get, [*identity_parameters, *probe_parameters])
     found = records if records is not None else _records(failure.organization, get)
@@ -142,11 +153,21 @@ def _set_change(
         after = expect["value"]
     command_parameters = [*identity_parameters, *parameters]
     target = cmdlet_target(endpoint, set_cmdlet, command_parameters, spec, expect)
-    undo = None
-    if undo_parameters is not None:
-        if undo_expect is None:
-            undo_expect = {name: before.get(name) for name in expect} if isinstance(before, dict) else {"value": before}
-        undo = undo_command(set_cmdlet, [*identity_parameters, *undo_parameters], undo_expect)
+    if merge:
+        target["merge"] = merge
+    undo_spec = None
+    if undo is not None:
+        if undo == "restore":
+            sources = restore or {name: [name if isinstance(before, dict) else "$value"] for name, _ in parameters}
+            shown = [(name, restored_value(before, sources[name])) for name, _ in parameters]
+        else:
+            sources = restore or {}
+            shown = list(undo)  # type: ignore[arg-type]
+        undo_spec = undo_command(set_cmdlet, [*identity_parameters, *shown], {})
+        undo_spec["restore"] = sources
+        undo_spec["expect_before"] = list(
+            expect_before if expect_before is not None else (expect if isinstance(before, dict) else ["$value"])
+        )
     return Change(
         requirement=failure.requirement.id,
         subject=failure.subject.label,
@@ -158,7 +179,7 @@ def _set_change(
         risky=risky,
         risk=risk,
         stage=stage,
-        undo=undo,
+        undo=undo_spec,
         undo_note=undo_note,
     )
 
@@ -260,8 +281,8 @@ def _switch_change(
         vdir.identity,
         [(switch, True)],
         expect,
-        undo_parameters,
-        {name: before.get(name) for name in lists},
+        undo=undo_parameters,
+        expect_before=lists,
         probe_parameters=extra,
         stage=stage,
         risky=risky,
@@ -271,9 +292,7 @@ def _switch_change(
 
 # -- exchange-oauth -------------------------------------------------------------------------------------------
 def _enable_auth_server(failure: Failure, name: str) -> Change:
-    return _set_change(
-        failure, "Get-AuthServer", "Set-AuthServer", name, [("Enabled", True)], {"Enabled": True}, [("Enabled", False)]
-    )
+    return _set_change(failure, "Get-AuthServer", "Set-AuthServer", name, [("Enabled", True)], {"Enabled": True})
 
 
 @planner("EXO-AUTHSERVER", "HMA-EVOSTS")
@@ -335,16 +354,12 @@ def _partner(failure: Failure, app_id: str, *, link: str | None = None) -> list[
         raise NoFix(f"there is no PartnerApplication {app_id}: rerun the Hybrid Configuration Wizard")
     parameters: list[tuple[str, Any]] = []
     expect: dict[str, Any] = {}
-    undo: list[tuple[str, Any]] = []
     if not partner.enabled:
         parameters.append(("Enabled", True))
         expect["Enabled"] = True
-        undo.append(("Enabled", False))
     if link is not None:
         parameters.append(("LinkedAccount", link))
         expect["LinkedAccount"] = link
-        if partner.linked_account:
-            undo.append(("LinkedAccount", partner.linked_account))
     if not parameters:
         raise NoFix(
             f"{partner.name} is enabled; its other settings (UseAuthServer, AuthMetadataUrl) have no documented "
@@ -361,8 +376,7 @@ def _partner(failure: Failure, app_id: str, *, link: str | None = None) -> list[
             partner.name,
             parameters,
             expect,
-            undo or None,
-            undo_note=note if undo else "nothing to undo",
+            undo_note=note,
         )
     ]
 
@@ -441,7 +455,6 @@ def _skype_account_hidden(failure: Failure) -> list[Change]:
             account.identity,
             [("HiddenFromAddressListsEnabled", True)],
             {"HiddenFromAddressListsEnabled": True},
-            [("HiddenFromAddressListsEnabled", False)],
         )
     ]
 
@@ -485,21 +498,19 @@ def _intra_organization_connector(failure: Failure) -> list[Change]:
         raise NoFix(f"Get-IntraOrganizationConnector has no single object {connector.name!r}")
     parameters: list[tuple[str, Any]] = []
     expect: dict[str, Any] = {}
-    undo: list[tuple[str, Any]] = []
     domains = [str(d) for d in before.get("TargetAddressDomains") or []]
+    merge = {}
     if coexistence not in {d.lower() for d in domains}:
+        # existing + the coexistence domain, computed again from the connector as it is when written
         parameters.append(("TargetAddressDomains", [*domains, coexistence]))
+        merge["TargetAddressDomains"] = {"from": ["TargetAddressDomains"], "add": [coexistence]}
         expect["TargetAddressDomains"] = _contains(coexistence)
-        undo.append(("TargetAddressDomains", domains))
     if not connector.enabled:
         parameters.append(("Enabled", True))
         expect["Enabled"] = True
-        undo.append(("Enabled", False))
     if normalise_url(connector.discovery_endpoint or "") not in accepted:
         parameters.append(("DiscoveryEndpoint", endpoints[0]))
         expect["DiscoveryEndpoint"] = endpoints[0]
-        undo.append(("DiscoveryEndpoint", before.get("DiscoveryEndpoint")))
-    undo_expect = {name: before.get(name) for name in expect}
     return [
         _set_change(
             failure,
@@ -508,8 +519,7 @@ def _intra_organization_connector(failure: Failure) -> list[Change]:
             connector.name,
             parameters,
             expect,
-            undo,
-            undo_expect,
+            merge=merge,
         )
     ]
 
@@ -574,7 +584,7 @@ def _refresh_metadata(failure: Failure) -> list[Change]:
                 server.name,
                 [("RefreshAuthMetadata", None)],
                 {},
-                None,
+                undo=None,
                 undo_note="refreshing metadata reads the current document; there is nothing to restore",
             )
         )
@@ -639,18 +649,18 @@ def _vdir_oauth(failure: Failure) -> list[Change]:
     internal = [str(m) for m in before.get("InternalAuthenticationMethods") or []]
     external = [str(m) for m in before.get("ExternalAuthenticationMethods") or []]
     lists = ("InternalAuthenticationMethods", "ExternalAuthenticationMethods")
-    exact = {name: before.get(name) for name in lists}
     expect = {name: _contains("OAuth") for name in lists}
     if vdir.kind == "ActiveSync":
-        # Set-ActiveSyncVirtualDirectory has no -IISAuthenticationMethods: both lists, each existing + OAuth.
+        # Set-ActiveSyncVirtualDirectory has no -IISAuthenticationMethods: both lists, each existing + OAuth
+        # (computed again from the directory as it is when written); rollback sets each back as it was.
         parameters = [
             ("InternalAuthenticationMethods", _with(internal, "OAuth")),
             ("ExternalAuthenticationMethods", _with(external, "OAuth")),
         ]
-        undo = [("InternalAuthenticationMethods", internal), ("ExternalAuthenticationMethods", external)]
+        merge = {name: {"from": [name], "add": ["OAuth"]} for name in lists}
         return [
             _set_change(
-                failure, get, set_cmdlet, vdir.identity, parameters, expect, undo, exact, probe_parameters=extra
+                failure, get, set_cmdlet, vdir.identity, parameters, expect, merge=merge, probe_parameters=extra
             )
         ]
     # MAPI: one list for IIS and both AD lists (Set-MapiVirtualDirectory has no other).
@@ -658,10 +668,10 @@ def _vdir_oauth(failure: Failure) -> list[Change]:
     for method in [*internal, *external, *(vdir.iis_authentication or ())]:
         if not _has(union, method):
             union.append(str(method))
-    undo_parameters: list[tuple[str, Any]] | None = [("IISAuthenticationMethods", union)]
+    undo: str | None = "restore"
     note = None
     if _has(union, "OAuth"):
-        undo_parameters = None
+        undo = None
         note = (
             "OAuth was already in one list before the fix and Set-MapiVirtualDirectory sets every list alike "
             "(-IISAuthenticationMethods only): rollback cannot take OAuth out of one list alone, so it leaves it"
@@ -676,8 +686,10 @@ def _vdir_oauth(failure: Failure) -> list[Change]:
             vdir.identity,
             [("IISAuthenticationMethods", _with(union, "OAuth"))],
             expect,
-            undo_parameters,
-            exact,
+            merge={"IISAuthenticationMethods": {"from": list(lists), "add": ["OAuth"]}},
+            undo=undo,
+            restore={"IISAuthenticationMethods": list(lists)},
+            expect_before=lists,
             probe_parameters=extra,
             undo_note=note,
         )
@@ -707,7 +719,6 @@ def _default_endpoint(failure: Failure) -> list[Change]:
             server.name,
             [("IsDefaultAuthorizationEndpoint", False)],
             {"IsDefaultAuthorizationEndpoint": False},
-            [("IsDefaultAuthorizationEndpoint", True)],
             risky=True,
             risk=risk,
         )
@@ -722,7 +733,6 @@ def _default_endpoint(failure: Failure) -> list[Change]:
                 chosen.name,
                 [("IsDefaultAuthorizationEndpoint", True)],
                 {"IsDefaultAuthorizationEndpoint": True},
-                [("IsDefaultAuthorizationEndpoint", False)],
                 risky=bool(others),
                 risk=risk,
             )
@@ -746,8 +756,7 @@ def _domain_name(failure: Failure) -> list[Change]:
                 server.name,
                 [("DomainName", [*existing, tenant.initial_domain])],
                 {"DomainName": _contains(tenant.initial_domain)},
-                [("DomainName", existing)],
-                {"DomainName": existing},
+                merge={"DomainName": {"from": ["DomainName"], "add": [tenant.initial_domain]}},
             )
         )
     return changes
@@ -763,7 +772,6 @@ def _client_profile(failure: Failure) -> list[Change]:
             None,
             [("OAuth2ClientProfileEnabled", True)],
             {"OAuth2ClientProfileEnabled": True},
-            [("OAuth2ClientProfileEnabled", False)],
             risky=True,
             risk="switches every Outlook client of the organization to modern authentication",
         )
@@ -779,7 +787,6 @@ def _owa_ecp_auth(failure: Failure) -> list[Change]:
     on = [flag for method, flag in OTHER_OWA_METHODS.items() if vdir.has_method(method)]
     if on:
         get, set_cmdlet, extra = _vdir_spec(vdir)
-        before = _vdir_before(failure, vdir)
         lists = ("InternalAuthenticationMethods", "ExternalAuthenticationMethods")
         changes.append(
             _set_change(
@@ -789,8 +796,8 @@ def _owa_ecp_auth(failure: Failure) -> list[Change]:
                 vdir.identity,
                 [(flag, False) for flag in on],
                 {name: {"excludes": [m for m, f in OTHER_OWA_METHODS.items() if f in on]} for name in lists},
-                [(flag, True) for flag in on],
-                {name: before.get(name) for name in lists},
+                undo=[(flag, True) for flag in on],
+                expect_before=lists,
                 probe_parameters=extra,
                 stage=OWA_STAGES[("disable", vdir.kind)],
                 risky=True,
@@ -895,14 +902,11 @@ def _realm(failure: Failure) -> list[Change]:
         None,
         [("Realm", tenant.id)],
         {"value": tenant.id},
-        None,
         endpoint="sharepoint",
         records=records,
         risky=True,
         risk="S4: changing the realm breaks existing trusts that use the old one (provider-hosted add-ins)",
     )
-    if isinstance(change.before, str):
-        change.undo = undo_command("Set-SPAuthenticationRealm", [("Realm", change.before)], {"value": change.before})
     return [change]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from hybridtrust.profile import Profile
 from hybridtrust.remediation.connect import targets_for
-from hybridtrust.remediation.exchange import EndpointError, command_text, unmet
+from hybridtrust.remediation.exchange import EndpointError, command_text, undo_for, unmet
 from hybridtrust.remediation.graph import GraphWriteError, item_key, keys_of, restored
 from hybridtrust.remediation.model import (
     ROLLBACK_FORMAT,
@@ -103,6 +103,9 @@ def _undo_cmdlet(change: Change, undo: Undo, sessions: Sessions, save: Any) -> N
         return
     target = change.target
     endpoint = sessions.endpoint(target["endpoint"])
+    recorded = change.read_before if change.read_before is not None else change.before
+    command, expect, notes = undo_for(change.undo, recorded)
+    undo.target = command_text(command)
     current = endpoint.read(target["probe"])
     undo.before = current
     save()
@@ -115,17 +118,17 @@ def _undo_cmdlet(change: Change, undo: Undo, sessions: Sessions, save: Any) -> N
             ),
         )
         return
-    if not unmet(change.undo["expect"], current):
+    if expect and not unmet(expect, current):
         undo.status, undo.reason = "already", "already as before the fix"
         undo.after = current
         return
-    outcome = endpoint.run(change.undo["command"])
+    outcome = endpoint.run(command)
     if outcome.error is not None:
-        undo.status, undo.reason = "failed", f"{change.undo['command']['cmdlet']} on {endpoint.uri}: {outcome.error}"
+        undo.status, undo.reason = "failed", f"{command['cmdlet']} on {endpoint.uri}: {outcome.error}"
         return
     after = endpoint.read(target["probe"])
     undo.after = after
-    problems = unmet(change.undo["expect"], after)
+    problems = unmet(expect, after) + notes
     if change.read_before is not None and after is not None:
         problems += _differences(change.read_before, after)
     if problems:
@@ -221,7 +224,8 @@ def _target_text(change: Change) -> str:
         return f"(no undo) {change.summary}"
     if change.kind == "script":
         return str(change.undo["script"])
-    return command_text(change.undo["command"])
+    recorded = change.read_before if change.read_before is not None else change.before
+    return command_text(undo_for(change.undo, recorded)[0])
 
 
 def rollback(profile: Profile, document: dict[str, Any], source: Path, output: Path) -> RollbackRecord:

@@ -33,7 +33,7 @@ from typing import Any
 from hybridtrust.facts import NotCollected, Organization
 from hybridtrust.profile import Profile
 from hybridtrust.remediation.connect import Targets, targets_for
-from hybridtrust.remediation.exchange import EndpointError, PowerShellEndpoint, command_text, unmet
+from hybridtrust.remediation.exchange import EndpointError, PowerShellEndpoint, command_text, merged_parameters, unmet
 from hybridtrust.remediation.fixes import plan_failure
 from hybridtrust.remediation.graph import GraphWriteError, GraphWriter, describe_items, item_key, keys_of, merged
 from hybridtrust.remediation.judge import Verdict, rejudge
@@ -213,10 +213,13 @@ def _apply_cmdlet(change: Change, sessions: Sessions, ledger: _Ledger, save: Cal
     if target["expect"] and not unmet(target["expect"], current):
         change.status, change.reason = "satisfied", "already as wanted (an earlier change of this run did it)"
         return
+    # List parameters are existing + missing as the object is NOW (an earlier change of this run may have added).
+    command = merged_parameters(target["command"], target.get("merge"), current)
+    target["sent"] = command
     change.read_before = current
     change.status, change.applied_at = "applying", utc_now().isoformat()
     save()  # the value before is on disk before the write is sent
-    outcome = endpoint.run(target["command"])
+    outcome = endpoint.run(command)
     if outcome.error is not None:
         change.status, change.reason = "failed", f"{target['command']['cmdlet']} on {endpoint.uri}: {outcome.error}"
         ledger.remember(change, endpoint.read(target["probe"]))
