@@ -162,6 +162,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # the repository) and so missed pytest.ini's testpaths: audit with the compliance tests,
         # not with whatever lies in the current folder.
         config.args[:] = [str(COMPLIANCE_TESTS)]
+    if config.getoption("tbstyle", "auto") == "auto":
+        # A requirement's failure is its message (what, where, found, expected, fix); a traceback
+        # into the check's code helps nobody at 3 a.m., and rendering thousands costs seconds.
+        config.option.tbstyle = "line"
 
     audits = []
     for index, profile in enumerate(profiles):
