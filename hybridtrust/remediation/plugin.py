@@ -174,7 +174,12 @@ def remediate_session(session: pytest.Session, suite: Suite) -> None:
                 )
             )
         path = _reports_dir(session.config) / f"{audit.name}-{suite.stamp}-remediation.json"
-        options = Options(path, dry_run=state.dry_run, allow_risky=state.allow_risky)
+        options = Options(
+            path,
+            dry_run=state.dry_run,
+            allow_risky=state.allow_risky,
+            connectivity=bool(getattr(audit, "connectivity", False)),
+        )
         try:
             run = remediate(audit.profile, failures, options)
         except Exception as error:  # fail closed: say so, and fail the run

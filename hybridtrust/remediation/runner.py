@@ -23,6 +23,7 @@ write, which is where a concurrent administrator's change would land.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class Options:
     """Test seam: called with the plan after it is recorded and before anything is written."""
     collect: Callable[[Profile], Organization] | None = None
     """How to read the organization again for re-verification (default: a fresh live collection)."""
+    connectivity: bool = False
+    """--connectivity: the fresh collection probes too, so the probed requirements can be judged again."""
 
 
 @dataclass
@@ -222,7 +225,9 @@ def _apply_cmdlet(change: Change, sessions: Sessions, ledger: _Ledger, save: Cal
     outcome = endpoint.run(command)
     if outcome.error is not None:
         change.status, change.reason = "failed", f"{target['command']['cmdlet']} on {endpoint.uri}: {outcome.error}"
-        ledger.remember(change, endpoint.read(target["probe"]))
+        # The failure's own words are the news; if the object cannot be read now, the next change re-reads it.
+        with contextlib.suppress(EndpointError):
+            ledger.remember(change, endpoint.read(target["probe"]))
         return
     after = endpoint.read(target["probe"])
     change.read_after, change.status, change.applied = after, "applied", True
@@ -330,10 +335,10 @@ def _apply(change: Change, sessions: Sessions, ledger: _Ledger, save: Callable[[
 
 
 # -- the run --------------------------------------------------------------------------------------------------
-def _fresh_organization(profile: Profile) -> Organization:
+def _fresh_organization(profile: Profile, connectivity: bool) -> Organization:
     from hybridtrust.audit import Audit
 
-    return Audit(profile=profile).organization()
+    return Audit(profile=profile, connectivity=connectivity).organization()
 
 
 def remediate(profile: Profile, failures: list[Failure], options: Options) -> Remediation:
@@ -386,7 +391,10 @@ def remediate(profile: Profile, failures: list[Failure], options: Options) -> Re
         record.state = "verifying"
         record.save()
         try:
-            fresh = (options.collect or _fresh_organization)(profile)
+            if options.collect is not None:
+                fresh = options.collect(profile)
+            else:
+                fresh = _fresh_organization(profile, options.connectivity)
         except Exception as error:  # the changes stand; re-verification is what failed
             log.debug("re-collection failed", exc_info=True)
             fresh = f"the organization could not be read again: {type(error).__name__}: {error}"
