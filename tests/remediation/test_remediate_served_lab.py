@@ -125,6 +125,19 @@ def test_dry_run_remediate_verify_and_roll_back(tmp_path: Path) -> None:
             "/exchange/MapiVirtualDirectory[1]/ExternalAuthenticationMethods: ['Ntlm', 'Negotiate'] -> "
             "['Ntlm', 'OAuth', 'Negotiate']"
         ], remaining
+        # No secret of the lab (its PowerShell passwords, its Graph clients' secrets) in any record or message.
+        secrets = [lab.description[name]["password"] for name in ("exchange", "sharepoint")]
+        secrets += [
+            client["client_secret"]
+            for tenant in lab.description["graph"]["tenants"].values()
+            for client in tenant.values()
+            if client.get("client_secret")
+        ]
+        written = [
+            path.read_text(encoding="utf-8") for run in (dry, fixed_run, rolled) for path in run.reports.glob("*.json")
+        ]
+        for text in [*written, dry.output, fixed_run.output, rolled.output]:
+            assert not any(secret in text for secret in secrets)
         rolled_outcomes = rolled.outcomes("served")
         for key, outcome in outcomes.items():
             if outcome == "fixed" and key[0] != "HMA-VDIR-OAUTH":
