@@ -135,6 +135,9 @@ def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
     """Replace the file in one step: a reader (or a crash) never sees half a record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a record is for its readers, like the results document
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2, ensure_ascii=False)

@@ -231,7 +231,10 @@ def _target_text(change: Change) -> str:
 def rollback(profile: Profile, document: dict[str, Any], source: Path, output: Path) -> RollbackRecord:
     """Undo every applied change of the record `document`, newest first; never raises for what servers do."""
     changes = [Change.from_document(item) for item in document["changes"]]
-    todo = sorted((c for c in changes if c.status in UNDOABLE), key=lambda c: c.sequence or 0, reverse=True)
+    # A write that failed after it was sent ("failed" with a value before on record) may have landed: undo it too.
+    # Every undo first compares the object with what the fix wanted, so one that did not land is "already".
+    wanted = [c for c in changes if c.status in UNDOABLE or (c.status == "failed" and c.read_before is not None)]
+    todo = sorted(wanted, key=lambda c: c.sequence or 0, reverse=True)
     record = RollbackRecord(output, profile.name, str(source))
     record.undos = [Undo(c.id, c.requirement, c.subject, c.kind, _target_text(c)) for c in todo]
     record.save()
