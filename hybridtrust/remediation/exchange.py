@@ -19,7 +19,12 @@ A cmdlet change's ``target`` (JSON, kept in the remediation record)::
 A parameter value of ``null`` is a switch (``-IsTrustBroker``). The probe is the Get-
 cmdlet that reads the object before and after the write; ``properties`` are the same for
 every change of one cmdlet (`PROBE_PROPERTIES`), so two changes of one object compare
-like with like. The undo (``Change.undo``) has the same shape without the probe.
+like with like. Optional ``merge`` names list parameters computed again when the change
+is written, from the object as re-read then (``{"TargetAddressDomains": {"from":
+["TargetAddressDomains"], "add": ["fabrikam.mail.onmicrosoft.com"]}}``); ``sent`` records
+the command as it was actually sent. The undo (``Change.undo``) is a command whose
+``restore`` parameters take back the values recorded just before the write
+(`undo_for`), and ``expect_before`` names the properties rollback must bring back.
 """
 
 from __future__ import annotations
