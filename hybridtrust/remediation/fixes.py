@@ -743,8 +743,11 @@ def _default_endpoint(failure: Failure) -> list[Change]:
 @planner("HMA-DOMAINNAME")
 def _domain_name(failure: Failure) -> list[Change]:
     org, tenant = failure.organization, failure.subject.value
+    servers = org.auth_servers_of(tenant, "AzureAD")
+    if not servers:
+        raise NoFix(f"tenant {tenant} has no evoSTS AuthServer to name its initial domain on (see HMA-EVOSTS)")
     changes = []
-    for server in org.auth_servers_of(tenant, "AzureAD"):
+    for server in servers:
         if tenant.initial_domain in {d.lower() for d in server.domain_names}:
             continue
         existing = list(server.domain_names)
