@@ -31,8 +31,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 COMPLIANCE_TESTS = REPOSITORY / "tests_hybrid"
 SUITE_KEY = pytest.StashKey["Suite"]()
 FIXTURE_NAMES = {"org", "profile", "cloud", "now", "request", "hybrid_subject"}
-# --remediate, --dry-run, --allow-risky and --rollback: their own plugin module (hybridtrust.remediation).
-pytest_plugins = ("hybridtrust.remediation.plugin",)
+# --remediate, --dry-run, --allow-risky and --rollback: their own plugin module (hybridtrust.remediation);
+# the results document's timings (collection, tests, reports): hybridtrust.timings.
+pytest_plugins = ("hybridtrust.remediation.plugin", "hybridtrust.timings")
 
 
 # -- options --------------------------------------------------------------------------
@@ -477,7 +478,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         suite.results[result.profile].results.append(result)
         report.hybrid_result = result  # type: ignore[attr-defined]
         report.user_properties.append(("requirement", result.requirement))
+        _name_the_requirement(report, result)
     return report
+
+
+def _name_the_requirement(report: pytest.TestReport, result: Result) -> None:
+    """Put the requirement, its severity and the subject into the failure line pipelines show.
+
+    JUnit's failure message and the terminal's one-line failure both come from the crash
+    location's message; an administrator reading them should see *which* requirement failed
+    where without opening the HTML report.
+    """
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None and result.outcome in ("failed", "error"):
+        crash.message = f"{result.requirement} [{result.severity}] {result.subject}: {result.message}"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:

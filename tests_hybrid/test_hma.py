@@ -44,9 +44,17 @@ def test_oauth_is_enabled_on_the_virtual_directory(vdir: VirtualDirectory) -> No
     if vdir.iis_authentication is not None:
         sides["IISAuthenticationMethods"] = vdir.iis_authentication
     missing = {side: methods for side, methods in sides.items() if "oauth" not in {m.lower() for m in methods}}
-    if vdir.kind in ("MAPI", "ActiveSync"):
+    if vdir.kind == "MAPI":
         existing = sorted({m for methods in sides.values() for m in methods} | {"OAuth"})
         fix = f"Set-{vdir.cmdlet_noun} -Identity '{vdir.identity}' -IISAuthenticationMethods {','.join(existing)}"
+    elif vdir.kind == "ActiveSync":
+        # Set-ActiveSyncVirtualDirectory has no -IISAuthenticationMethods: the lists are set one by one.
+        internal = ",".join(sorted({*vdir.internal_authentication, "OAuth"}))
+        external = ",".join(sorted({*vdir.external_authentication, "OAuth"}))
+        fix = (
+            f"Set-{vdir.cmdlet_noun} -Identity '{vdir.identity}' -InternalAuthenticationMethods {internal} "
+            f"-ExternalAuthenticationMethods {external}"
+        )
     else:
         fix = f"Set-{vdir.cmdlet_noun} -Identity '{vdir.identity}' -OAuthAuthentication $true"
     assert not missing, failure(
