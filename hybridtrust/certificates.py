@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 
@@ -35,7 +35,7 @@ class Certificate:
     not_before: dt.datetime
     not_after: dt.datetime
     dns_names: tuple[str, ...]
-    der: bytes
+    der: bytes = field(repr=False)
 
     @classmethod
     def from_der(cls, der: bytes) -> Certificate:

@@ -661,7 +661,7 @@ class KeyCredential:
     start: dt.datetime | None
     end: dt.datetime | None
     custom_key_identifier: str | None
-    key: bytes | None
+    key: bytes | None = field(repr=False)
 
     @property
     def thumbprint(self) -> str | None:
