@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,8 @@ from azure.core.exceptions import AzureError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.native_response_handler import NativeResponseHandler
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from kiota_http.kiota_client_factory import KiotaClientFactory
+from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.applications.applications_request_builder import ApplicationsRequestBuilder
@@ -72,6 +75,8 @@ from msgraph.generated.service_principals_with_app_id.service_principals_with_ap
 )
 from msgraph.graph_request_adapter import options as graph_adapter_options
 from msgraph_core import GraphClientFactory
+from msgraph_core.middleware import GraphTelemetryHandler
+from msgraph_core.middleware.options import GraphTelemetryHandlerOption
 
 from hybridtrust.clouds import Cloud
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, Missing, TenantDocuments
@@ -475,11 +480,50 @@ def build_graph_client(
     return GraphServiceClient(request_adapter=adapter)
 
 
+_STARTED = "hybridtrust.first_attempt"
+
+
+class _BoundedRetryHandler(RetryHandler):
+    """kiota's RetryHandler (429/503/504, Retry-After honoured as sent), within a time budget.
+
+    kiota waits whatever Retry-After says (anything under 180 s), up to ``max_retries``
+    times per request, and a throttling storm answering ``Retry-After: 120`` would hold an
+    unattended audit for many minutes per request (more, since the requests waiting for a
+    slot of the concurrency limit wait too). Here a retry whose wait would end after the
+    request's budget, ``[entra] timeout_seconds`` counted from its first attempt, is not
+    made: Graph's last answer stands and becomes that item's error, in Graph's words
+    (tests/reliability/test_faults.py measures the bound).
+    """
+
+    def __init__(self, options: RetryHandlerOption, budget_s: float) -> None:
+        super().__init__(options)
+        self.budget_s = budget_s
+
+    async def send(self, request: httpx.Request, transport: httpx.AsyncBaseTransport) -> httpx.Response:
+        # kiota retries with this same request object, so its first attempt's time travels with it.
+        request.extensions.setdefault(_STARTED, time.monotonic())
+        return await super().send(request, transport)
+
+    def get_delay_time(
+        self,
+        retry_count: int,
+        response: httpx.Response | None = None,
+        delay: float = RetryHandlerOption.DEFAULT_DELAY,
+    ) -> float:
+        wait = super().get_delay_time(retry_count, response, delay)
+        started = response.request.extensions.get(_STARTED) if response is not None else None
+        if isinstance(started, float) and time.monotonic() - started + wait > self.budget_s:
+            return RetryHandlerOption.MAX_DELAY  # kiota makes no retry that waits MAX_DELAY or more
+        return wait
+
+
 def graph_http_client(endpoints: GraphEndpoints) -> httpx.AsyncClient:
     """An httpx client with Graph's default middleware (retry, redirect, telemetry) and our TLS trust.
 
     GraphRequestAdapter adds that middleware only to a client it creates itself; a
-    client we pass (to set verify= and the timeout) gets it from GraphClientFactory.
+    client we pass (to set verify= and the timeout) gets GraphClientFactory's default
+    chain, built here as that factory builds it, with kiota's RetryHandler bounded by
+    ``timeout_s`` (`_BoundedRetryHandler`).
     """
     client = httpx.AsyncClient(
         verify=endpoints.ssl_context(),
@@ -488,10 +532,19 @@ def graph_http_client(endpoints: GraphEndpoints) -> httpx.AsyncClient:
         http2=True,  # as msgraph-sdk's own default client
     )
     options = dict(graph_adapter_options)
-    options[RetryHandlerOption.get_key()] = RetryHandlerOption(
-        delay=endpoints.retry_delay_s, max_retries=endpoints.max_retries
+    retry = RetryHandlerOption(delay=endpoints.retry_delay_s, max_retries=endpoints.max_retries)
+    options[RetryHandlerOption.get_key()] = retry
+    middleware = [
+        _BoundedRetryHandler(retry, endpoints.timeout_s) if isinstance(handler, RetryHandler) else handler
+        for handler in KiotaClientFactory.get_default_middleware(options)
+    ]
+    telemetry = options.get(GraphTelemetryHandlerOption.get_key())
+    middleware.append(
+        GraphTelemetryHandler(options=telemetry)
+        if isinstance(telemetry, GraphTelemetryHandlerOption)
+        else GraphTelemetryHandler()
     )
-    return GraphClientFactory.create_with_default_middleware(client=client, options=options)
+    return GraphClientFactory.create_with_custom_middleware(middleware, client=client)
 
 
 # -- collection ---------------------------------------------------------------------------
@@ -579,6 +632,16 @@ class _TenantCollector:
             reason += f" The audit identity needs the application permission {needed} in this tenant."
         elif status == 401:
             reason += " The token was refused; check the tenant id and the cloud's Graph URL."
+        elif status in RetryHandler.DEFAULT_RETRY_STATUS_CODES:
+            # Retried as Graph asked until the budget ran out (_BoundedRetryHandler): say so, and what
+            # Graph wanted next, so a throttled tenant is told apart from one that is down.
+            retries = response.request.headers.get("Retry-Attempt", "0")
+            after = response.headers.get("Retry-After")
+            reason += (
+                f" Still {status} after {retries} retr{'y' if retries == '1' else 'ies'}"
+                + (f" (Graph asked to wait {after} s more)" if after else "")
+                + f"; the audit waits at most [entra] timeout_seconds = {self.endpoints.timeout_s:g} s per request."
+            )
         request_id = response.headers.get("request-id")
         if request_id:
             reason += f" (request-id {request_id})"
