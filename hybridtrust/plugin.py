@@ -33,7 +33,7 @@ SUITE_KEY = pytest.StashKey["Suite"]()
 FIXTURE_NAMES = {"org", "profile", "cloud", "now", "request", "hybrid_subject"}
 # --remediate, --dry-run, --allow-risky and --rollback: their own plugin module (hybridtrust.remediation);
 # the results document's timings (collection, tests, reports): hybridtrust.timings.
-pytest_plugins = ("hybridtrust.remediation.plugin", "hybridtrust.timings")
+pytest_plugins = ("hybridtrust.remediation.plugin", "hybridtrust.timings", "hybridtrust.collect_once")
 
 
 # -- options --------------------------------------------------------------------------
