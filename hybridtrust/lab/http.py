@@ -266,9 +266,13 @@ class FaultPlan:
         """Hold requests for ``seconds`` before processing them (a hung server; client read timeouts)."""
         self._arm("stall", seconds, times, action)
 
-    def reset_receive(self, *, times: int | None = None) -> None:
-        """Reset the connection in the middle of a Receive response (its output is lost)."""
-        self._arm("reset_receive", 0, times, "Receive")
+    def reset_receive(self, *, times: int | None = None, command_only: bool = False) -> None:
+        """Reset the connection in the middle of a Receive response (its output is lost).
+
+        By default any Receive, the first of which opens the runspace pool; with
+        ``command_only`` only the Receives of a command's output (a cmdlet's answer cut off).
+        """
+        self._arm("reset_receive", 0, times, COMMAND_RECEIVE if command_only else "Receive")
 
     def operation_timeout(self, *, times: int | None = None, pool_receives: bool = False) -> None:
         """Answer Receive with WinRM's OperationTimeout fault (w:TimedOut, 2150858793).
@@ -576,7 +580,9 @@ class _Handler(BaseHTTPRequestHandler):
         if encrypted:
             payload, content_type = _wrap(self.context, response.body)
         headers["Content-Type"] = content_type
-        if response.action == "Receive" and server.faults.take("reset_receive", "Receive") is not None:
+        # A Receive naming a CommandId reads a command's output (see wsman.py); others open the pool.
+        receives = ("Receive", COMMAND_RECEIVE) if b"CommandId=" in body else ("Receive",)
+        if response.action == "Receive" and server.faults.take("reset_receive", *receives) is not None:
             self._send_partial_then_reset(response.status, payload, headers)
         self._send(response.status, payload, headers=headers)
 

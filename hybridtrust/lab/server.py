@@ -35,7 +35,7 @@ import atexit
 import logging
 import secrets
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
@@ -63,8 +63,16 @@ class Counters:
     ``http_requests``: every HTTP request (including NTLM handshake legs);
     ``wsman``: WS-Management actions by name (``Create``, ``Command``, ``Receive``, ...);
     ``pipelines``: PowerShell pipelines run; ``commands``: commands by cmdlet name
-    (scripts count as ``"<script>"``); ``mutating``: commands whose verb changes state.
+    (scripts count as ``"<script>"``); ``mutating``: commands whose verb changes state;
+    ``received``: every command exactly as it arrived, oldest first, as
+    ``{"cmdlet": name, "parameters": {name: value}, "script": bool}`` with the parameters
+    as psrpcore bound them (a switch is ``True``; a script's text is its ``cmdlet``).
+    That log is how a test proves a hostile profile value reached the server as one
+    parameter value and nothing else ran (tests/reliability/test_injection.py); it keeps
+    the last `RECEIVED_LIMIT` commands, so a long-running ``serve`` stays bounded.
     """
+
+    RECEIVED_LIMIT = 10_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,6 +81,7 @@ class Counters:
         self._commands: Counter[str] = Counter()
         self._pipelines = 0
         self._mutating = 0
+        self._received: deque[dict[str, Any]] = deque(maxlen=self.RECEIVED_LIMIT)
 
     def http_request(self) -> None:
         with self._lock:
@@ -90,6 +99,13 @@ class Counters:
                 for command in statement:
                     name = "<script>" if command.is_script else command.name
                     self._commands[name] += 1
+                    self._received.append(
+                        {
+                            "cmdlet": command.name,
+                            "parameters": {key: _plain(value) for key, value in command.parameters.items()},
+                            "script": command.is_script,
+                        }
+                    )
                     if not command.is_script and command.name.split("-", 1)[0].capitalize() in verbs:
                         self._mutating += 1
 
@@ -101,6 +117,7 @@ class Counters:
                 "pipelines": self._pipelines,
                 "commands": dict(self._commands),
                 "mutating": self._mutating,
+                "received": [dict(entry, parameters=dict(entry["parameters"])) for entry in self._received],
             }
 
     def reset(self) -> None:
@@ -110,6 +127,24 @@ class Counters:
             self._commands.clear()
             self._pipelines = 0
             self._mutating = 0
+            self._received.clear()
+
+
+def _plain(value: Any) -> Any:
+    """A bound parameter value as plain JSON data (``serve --counters`` writes the counters as JSON).
+
+    Strings stay the exact text received (psrpcore's PSString is a str); lists and
+    dictionaries keep their shape; any other object becomes its ``str``.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return str(value)
 
 
 def _mutating_verbs() -> frozenset[str]:

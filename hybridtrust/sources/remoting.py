@@ -32,8 +32,10 @@ within the bound).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import threading
 import time
 import weakref
 from collections import deque
@@ -48,6 +50,7 @@ import requests
 from pypsrp.complex_objects import ComplexObject, PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.serializer import Serializer
 from pypsrp.wsman import WSMan
 
 from hybridtrust.clixml import ClixmlError, parse_psrp_object
@@ -55,6 +58,8 @@ from hybridtrust.powershell import PSRecord
 
 if TYPE_CHECKING:
     from hybridtrust.profile import RemotingSection
+
+log = logging.getLogger(__name__)
 
 AuthMethod = Literal["kerberos", "negotiate", "ntlm", "basic", "credssp"]
 
@@ -193,6 +198,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\"\)]+)")
 _SSL_REASON = re.compile(r"\[SSL[^\]]*\] ([^'\"\(\)]+)")
+_INCOMPLETE_READ = re.compile(r"IncompleteRead\(([^()]*)\)")
 
 
 def describe_transport_error(error: BaseException, settings: RemotingSettings) -> str:
@@ -207,6 +213,11 @@ def describe_transport_error(error: BaseException, settings: RemotingSettings) -
         cause = f"no connection within {settings.connect_timeout:g} s (connect timeout)"
     elif isinstance(error, requests.exceptions.ReadTimeout):
         cause = f"the server did not answer within {settings.wsman_read_timeout:g} s (read timeout)"
+    elif isinstance(error, requests.exceptions.ChunkedEncodingError):
+        # The connection was cut while the answer was arriving (a reset in the middle of a Receive):
+        # that output is lost, WinRM never sends it again. requests' own text is a tuple repr.
+        read = _INCOMPLETE_READ.search(text)
+        cause = "the connection broke in the middle of the server's answer" + (f" ({read.group(1)})" if read else "")
     elif isinstance(error, requests.exceptions.ConnectionError):
         reason = _ERRNO.search(text)
         if reason:
@@ -264,7 +275,10 @@ def output_record(value: Any, where: str) -> PSRecord:
     (`hybridtrust.clixml.parse_psrp_object`, psrpcore): a live run and its saved
     evidence then give the same facts by construction.
     """
-    xml = getattr(value, "_xml", None) if isinstance(value, ComplexObject) else None
+    if isinstance(value, RawOutput):
+        xml = value.xml
+    else:
+        xml = getattr(value, "_xml", None) if isinstance(value, ComplexObject) else None
     if not isinstance(xml, str):
         if isinstance(value, str):
             # A string output (Get-SPAuthenticationRealm) is a <S> element on the wire; pypsrp
@@ -283,6 +297,31 @@ def _escape_control(text: str) -> str:
     # CLIXML writes control characters (and '_x' that would look like an escape) as _xHHHH_.
     text = text.replace("_x", "_x005F_x")
     return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]|\r|\n|\t", lambda m: f"_x{ord(m.group()):04X}_", text)
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """A pipeline output object as the server sent it: its CLIXML text, not yet read."""
+
+    xml: str
+
+
+class _RawOutputSerializer(Serializer):
+    """pypsrp's serializer, except that a PIPELINE_OUTPUT message stays the CLIXML the server sent.
+
+    pypsrp deserializes every output object into its own classes and, on the way, serializes each
+    nested element back to text (``ComplexObject._xml``); `output_record` then reads that text again.
+    For a 1,000-server organization (11,000 objects) that double work was most of the collection.
+    PIPELINE_OUTPUT (and PIPELINE_INPUT, which a client never receives) are the only messages pypsrp
+    deserializes from a string without metadata and with a fresh reference table
+    (``Message.unpack``): those calls get the text back, wrapped; every other message (pool and
+    pipeline state, error records, host calls) is deserialized by pypsrp as always.
+    """
+
+    def deserialize(self, element: Any, metadata: Any = None, clear: bool = True) -> Any:
+        if metadata is None and clear and isinstance(element, str):
+            return RawOutput(element)
+        return super().deserialize(element, metadata, clear)
 
 
 # -- running commands ----------------------------------------------------------------------------------
@@ -342,14 +381,22 @@ def _is_not_found(record: Any) -> bool:
     return any(name in evidence for name in _NOT_FOUND)
 
 
-def open_pool(settings: RemotingSettings, runspaces: int) -> RunspacePool:
-    """An opened runspace pool; raises what pypsrp raises (see `describe_transport_error`)."""
+def open_pool(settings: RemotingSettings, runspaces: int, *, raw_output: bool = False) -> RunspacePool:
+    """An opened runspace pool; raises what pypsrp raises (see `describe_transport_error`).
+
+    `raw_output`: the pipelines' output objects are `RawOutput` (their CLIXML), which only
+    `output_record` reads; for callers that read every object through it (the sources).
+    """
     pool = RunspacePool(
         settings.wsman(),
         configuration_name=settings.configuration_name,
         min_runspaces=runspaces,
         max_runspaces=runspaces,
     )
+    if raw_output:
+        serializer = _RawOutputSerializer()
+        pool._serializer = serializer  # the pool's own messages and its fragmenter's share one serializer
+        pool._fragmenter.serializer = serializer
     pool.open()
     return pool
 
@@ -442,3 +489,174 @@ def _finish(
         return Outcome(records=[output_record(value, where) for value in shell.output])
     except ClixmlError as error:
         return Outcome(error=str(error))
+
+
+def run_commands_on_pools(
+    pool: RunspacePool,
+    commands: Sequence[Command],
+    settings: RemotingSettings,
+    *,
+    pools: int | None = None,
+    follow_up: Callable[[Command, Outcome], Iterable[Command]] | None = None,
+    opener: Callable[[], RunspacePool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Outcome]:
+    """Run every command with up to `pools` runspace pools, one thread and one connection each.
+
+    Why not one pool and a window (`run_commands`): that keeps pipelines running on the
+    server, but this one thread still sends each HTTP request after the previous answer,
+    so with network latency an audit costs (requests x latency) whatever the window: three
+    requests (Command, Receive, Signal) per pipeline, a thousand certificate queries for a
+    thousand servers, a minute at 20 ms. pypsrp's ``WSMan`` cannot be shared between
+    threads (its message encryption counts sequence numbers per connection), so each
+    thread gets a pool (a WinRM shell) of its own, with its own connection and
+    authentication: `pool` (already open: whether the endpoint answers at all is known
+    before this is called) and up to ``pools - 1`` more, opened by `opener` in their threads
+    as the work grows. A pool that cannot be opened (a server that throttles shells) just
+    leaves its share to the others. Each pool runs one pipeline at a time, so the server
+    never runs more than `pools` (at most the profile's max_concurrency, which the profile
+    keeps under Exchange's PowerShellMaxConcurrency of 18) pipelines for this user.
+
+    Commands are taken in order from one queue; `follow_up` commands (the certificate
+    queries once Get-ExchangeServer answered) join it. The outcomes come back in the order
+    the commands were given, whatever order they finished in. Never raises for what the
+    server or the network does; a lost connection gives every command not yet finished its
+    cause, as `run_commands` does. Every pool is closed before this returns.
+    """
+    limit = max(1, pools or settings.max_concurrency)
+    work = _PoolWork(settings, limit, follow_up, opener, clock)
+    work.submit(commands)
+    work.start(pool)
+    return work.wait()
+
+
+class _PoolWork:
+    """The shared queue of `run_commands_on_pools` and its worker threads."""
+
+    def __init__(
+        self,
+        settings: RemotingSettings,
+        limit: int,
+        follow_up: Callable[[Command, Outcome], Iterable[Command]] | None,
+        opener: Callable[[], RunspacePool] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.limit = limit if opener is not None else 1
+        self.follow_up = follow_up
+        self.opener = opener
+        self.clock = clock
+        self.changed = threading.Condition()
+        self.queue: deque[Command] = deque()
+        self.order: list[str] = []
+        self.outcomes: dict[str, Outcome] = {}
+        self.busy = 0
+        self.idle = 0
+        self.lost: str | None = None
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, commands: Iterable[Command]) -> None:
+        with self.changed:
+            for command in commands:
+                self.queue.append(command)
+                self.order.append(command.key)
+            self._grow()
+            self.changed.notify_all()
+
+    def _grow(self) -> None:
+        # More threads only while there is queued work no idle thread can take (and a first one exists).
+        while self.threads and len(self.threads) < self.limit and len(self.queue) > self.idle:
+            self._spawn(None)
+
+    def _spawn(self, pool: RunspacePool | None) -> None:
+        thread = threading.Thread(
+            target=self._work, args=(pool,), name=f"hybridtrust-psrp-{len(self.threads) + 1}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def start(self, pool: RunspacePool) -> None:
+        with self.changed:
+            self._spawn(pool)
+            self._grow()
+
+    def wait(self) -> dict[str, Outcome]:
+        index = 0
+        while True:
+            with self.changed:
+                if index >= len(self.threads):
+                    break
+                thread = self.threads[index]
+            thread.join()
+            index += 1
+        return {key: self.outcomes[key] for key in self.order if key in self.outcomes}
+
+    def _take(self) -> Command | None:
+        with self.changed:
+            while not self.queue and self.busy and self.lost is None:
+                self.idle += 1
+                self.changed.wait()
+                self.idle -= 1
+            if self.lost is not None:
+                while self.queue:
+                    self.outcomes[self.queue.popleft().key] = Outcome(error=self.lost)
+                return None
+            if not self.queue:
+                return None  # nothing queued and nothing running that could queue more: done
+            self.busy += 1
+            return self.queue.popleft()
+
+    def _done(self, command: Command, outcome: Outcome, lost: str | None) -> None:
+        try:
+            more = list(self.follow_up(command, outcome)) if self.follow_up is not None and lost is None else []
+        except Exception:  # a follow-up that cannot be named is left out; its absence is reported as not run
+            log.debug("follow-up of %s failed", command.key, exc_info=True)
+            more = []
+        with self.changed:
+            self.outcomes[command.key] = outcome
+            if lost is not None and self.lost is None:
+                self.lost = lost
+            self.busy -= 1
+            for extra in more:
+                self.queue.append(extra)
+                self.order.append(extra.key)
+            self._grow()
+            self.changed.notify_all()
+
+    def _work(self, pool: RunspacePool | None) -> None:
+        try:
+            if pool is None:
+                assert self.opener is not None
+                try:
+                    pool = self.opener()
+                except REMOTING_ERRORS:
+                    log.debug("an extra runspace pool could not be opened; the others carry on", exc_info=True)
+                    return
+            while (command := self._take()) is not None:
+                try:
+                    outcome, lost = _run_one(pool, command, self.settings, self.clock)
+                except Exception as error:  # fail closed: a surprise is this command's error, never a hang
+                    log.debug("pipeline %s failed", command.key, exc_info=True)
+                    words = scrub(f"{type(error).__name__}: {error}", self.settings.secrets)
+                    outcome, lost = Outcome(error=words), None
+                self._done(command, outcome, lost)
+        finally:
+            if pool is not None:
+                close_pool(pool)
+            with self.changed:
+                self.changed.notify_all()
+
+
+def _run_one(
+    pool: RunspacePool, command: Command, settings: RemotingSettings, clock: Callable[[], float]
+) -> tuple[Outcome, str | None]:
+    """One pipeline, begun and collected: its outcome, and the cause if the connection was lost."""
+    shell = command.pipeline(pool)
+    try:
+        shell.begin_invoke()
+        return _finish(command, shell, clock() + settings.operation_timeout, settings, clock), None
+    except CONNECTION_ERRORS as error:
+        lost = describe_transport_error(error, settings)
+        return Outcome(error=lost), lost
+    except REMOTING_ERRORS as error:
+        return Outcome(error=describe_transport_error(error, settings)), None

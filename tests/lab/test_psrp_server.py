@@ -441,10 +441,27 @@ def test_counters_count_and_reset(exchange: LabPowerShellServer) -> None:
     assert counters["pipelines"] == 3
     assert counters["commands"] == {"Get-AuthServer": 1, "Set-AuthServer": 1, "<script>": 1}
     assert counters["mutating"] == 1
+    # Every command as received, parameters as bound (the injection tests rely on this log).
+    assert counters["received"] == [
+        {"cmdlet": "Get-AuthServer", "parameters": {}, "script": False},
+        {
+            "cmdlet": "Set-AuthServer",
+            "parameters": {"Identity": "EvoSts - 8a3f2c1e", "Enabled": False},
+            "script": False,
+        },
+        {"cmdlet": "Get-AuthServer", "parameters": {}, "script": True},
+    ]
     assert exchange.state.document["exchange"]["AuthServer"][1]["Enabled"] is False
 
     exchange.reset_counters()
-    assert exchange.counters() == {"http_requests": 0, "wsman": {}, "pipelines": 0, "commands": {}, "mutating": 0}
+    assert exchange.counters() == {
+        "http_requests": 0,
+        "wsman": {},
+        "pipelines": 0,
+        "commands": {},
+        "mutating": 0,
+        "received": [],
+    }
 
 
 def test_lab_wide_counters_and_latency(lab: Lab) -> None:
