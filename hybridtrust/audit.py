@@ -6,6 +6,7 @@ needs them, whatever the number of servers, tests or subjects.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class Audit:
     connectivity: bool = False
     """--connectivity: also run the live probes (metadata documents, Test-OAuthConnectivity)."""
     _organization: Organization | None = field(default=None, repr=False)
+    collection_seconds: float | None = field(default=None, repr=False)
+    """How long the sources took to collect this organization (the results document's timings.sources_s)."""
 
     @property
     def name(self) -> str:
@@ -38,7 +41,10 @@ class Audit:
 
     def organization(self) -> Organization:
         if self._organization is None:
-            self._organization = self._build(self._collect())
+            started = time.perf_counter()
+            collection = self._collect()
+            self.collection_seconds = time.perf_counter() - started
+            self._organization = self._build(collection)
         return self._organization
 
     def _collect(self) -> Collection:

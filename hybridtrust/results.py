@@ -82,6 +82,8 @@ class ProfileResults:
     results: list[Result] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     """With --baseline: new failures, fixed and still failing against it (hybridtrust.baseline)."""
+    timings: dict[str, float | None] | None = None
+    """Where the run's time went, in seconds (hybridtrust.timings): collection_s, sources_s, tests_s, reports_s."""
 
     def summary(self) -> dict[str, int]:
         counts = Counter(result.outcome for result in self.results)
@@ -112,6 +114,8 @@ class ProfileResults:
             "collected_at": self.collected_at.isoformat() if self.collected_at else None,
             "notes": self.notes,
             "baseline": self.baseline,
+            # Written after the results, so hybridtrust.timings can fill reports_s in place once the last report is out.
+            "timings": self.timings,
         }
 
 
