@@ -11,9 +11,10 @@ One runspace pool, once per audit, whatever the number of servers or tests:
   reliable server name, and only those servers must hold the auth certificate).
   That is the only part that grows with the organization: one pipeline per server.
 
-The pool has ``max_concurrency`` runspaces (at most 18, Exchange's
-PowerShellMaxConcurrency) and that many pipelines are kept in flight
-(`hybridtrust.sources.remoting.run_commands`).
+Up to ``max_concurrency`` (at most 18, Exchange's PowerShellMaxConcurrency) pools of one
+runspace each, one thread and one connection per pool, take the pipelines from one queue
+(`hybridtrust.sources.remoting.run_commands_on_pools`), so that many requests are in
+flight at once and the network's latency is paid once per pipeline per pool.
 
 The runspace is NoLanguage: only ``add_cmdlet(...).add_parameter(...)`` is ever sent,
 never a script and never a string-built command, so no value from a profile can
@@ -41,10 +42,9 @@ from hybridtrust.sources.remoting import (
     Outcome,
     RemotingSettings,
     SettingsError,
-    close_pool,
     describe_transport_error,
     open_pool,
-    run_commands,
+    run_commands_on_pools,
     scrub,
 )
 
@@ -152,23 +152,29 @@ def _fail_all(documents: ExchangeDocuments, reason: str) -> None:
 
 def _collect(settings: RemotingSettings, documents: ExchangeDocuments) -> None:
     try:
-        pool = open_pool(settings, settings.max_concurrency)
+        # One pool first: whether Exchange answers at all (and why not) is known before any thread starts.
+        pool = open_pool(settings, 1, raw_output=True)
     except REMOTING_ERRORS as error:
         cause = describe_transport_error(error, settings)
         _fail_all(documents, f"could not open Exchange remote PowerShell at {settings.uri} as {settings.who}: {cause}")
         return
-    try:
 
-        def follow_up(command: Command, outcome: Outcome) -> list[Command]:
-            # The certificate queries join the window as soon as the server list is known.
-            if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
-                return []
-            return [certificate_command(name) for name in certificate_servers(outcome.records)]
+    def follow_up(command: Command, outcome: Outcome) -> list[Command]:
+        # The certificate queries join the queue as soon as the server list is known.
+        if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
+            return []
+        return [certificate_command(name) for name in certificate_servers(outcome.records)]
 
-        commands = organization_commands()
-        outcomes = run_commands(pool, commands, settings, follow_up=follow_up)
-    finally:
-        close_pool(pool)
+    # Up to max_concurrency pools, one thread and connection each (run_commands_on_pools says why);
+    # every pool is closed when the work is done.
+    outcomes = run_commands_on_pools(
+        pool,
+        organization_commands(),
+        settings,
+        pools=settings.max_concurrency,
+        follow_up=follow_up,
+        opener=lambda: open_pool(settings, 1, raw_output=True),
+    )
     documents.pipelines = len(outcomes)
     _file(documents, settings, outcomes)
 
