@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from hybridtrust.certificates import Certificate, decode_key_identifier
 from hybridtrust.clouds import Cloud
-from hybridtrust.matching import authority_of, https_root_host
+from hybridtrust.matching import authority_of, https_root_host, normalise_url
 from hybridtrust.powershell import PSRecord
 
 if TYPE_CHECKING:
@@ -726,6 +726,16 @@ class ServicePrincipal:
     def names_https_root(self, host: str) -> bool:
         """Whether ``https://<host>/`` is one of the names (HMA-SPN-URLS)."""
         return host.lower() in self._https_roots
+
+    @cached_property
+    def _reply_urls(self) -> frozenset[str]:
+        return frozenset(normal for url in self.reply_urls if (normal := normalise_url(url)))
+
+    def lists_reply_url(self, url: str) -> bool:
+        """Whether a URL is a reply URL (the rules of `matching.url_is_listed`), from an index: OWA-REPLY-URLS
+        asks once per OWA/ECP URL, and a large organization has hundreds of both."""
+        wanted = normalise_url(url)
+        return wanted is not None and wanted in self._reply_urls
 
     def registers_authority(self, app_id: str, host: str) -> bool:
         """Whether the names register a host for an application: ``<appId>/<host>``, a one-label

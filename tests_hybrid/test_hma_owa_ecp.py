@@ -13,7 +13,6 @@ from hybridtrust.facts import (
     VirtualDirectory,
     version_text,
 )
-from hybridtrust.matching import url_is_listed
 from hybridtrust.profile import Profile
 from hybridtrust.subjects import TenantUrl
 from hybridtrust.testing import NotApplicable, Subject, failure, requirement
@@ -43,7 +42,7 @@ def test_the_server_build_supports_hma_for_owa(server: ExchangeServer) -> None:
 @requirement("OWA-REPLY-URLS", over=subjects.owa_ecp_urls)
 def test_every_owa_and_ecp_url_is_a_reply_url(reply_url: TenantUrl) -> None:
     principal = reply_url.tenant.service_principal(EXCHANGE_ONLINE_APP_ID)
-    assert url_is_listed(reply_url.url, principal.reply_urls), failure(
+    assert principal.lists_reply_url(reply_url.url), failure(
         f"{reply_url.url} is not a reply URL of Exchange Online in tenant {reply_url.tenant} (used by "
         f"{', '.join(reply_url.used_by)}): sign-in to OWA/ECP fails with AADSTS50011 (reply URL mismatch)",
         found=list(principal.reply_urls),
