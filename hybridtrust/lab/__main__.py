@@ -1,4 +1,4 @@
-"""``python -m hybridtrust.lab serve [--state FILE] [--latency-ms N]``: the lab as a process.
+"""``python -m hybridtrust.lab serve [--state FILE] [--latency-ms N] [--counters FILE]``: the lab as a process.
 
 Starts every lab endpoint on 127.0.0.1 and prints exactly one JSON line on stdout once
 they all accept connections::
@@ -41,7 +41,7 @@ def _load_state(path: Path | None) -> LabState:
     return state
 
 
-def serve(state_file: Path | None, latency_ms: int) -> int:
+def serve(state_file: Path | None, latency_ms: int, counters_file: Path | None = None) -> int:
     from hybridtrust.lab.server import start_lab
 
     try:
@@ -62,6 +62,10 @@ def serve(state_file: Path | None, latency_ms: int) -> int:
         # A timed wait keeps the main thread responsive to signals.
         while not stop.wait(0.5):
             pass
+        if counters_file is not None:
+            # What the lab served, for a benchmark that ran the suite against this process: a
+            # separate process cannot call lab.counters(), so they are left in a file at exit.
+            counters_file.write_text(json.dumps(lab.counters(), indent=1) + "\n", encoding="utf-8")
     return 0
 
 
@@ -73,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         "--state", type=Path, help="lab state file (read, created if missing, and kept up to date)"
     )
     serve_parser.add_argument("--latency-ms", type=int, default=0, help="added to every request of every endpoint")
+    serve_parser.add_argument(
+        "--counters", type=Path, help="at exit, write what every endpoint served (lab.counters()) to this JSON file"
+    )
     serve_parser.add_argument("--log-level", default="WARNING", help="logging level for stderr (default WARNING)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.latency_ms < 0:
         parser.error("--latency-ms must not be negative")
-    return serve(args.state, args.latency_ms)
+    return serve(args.state, args.latency_ms, args.counters)
 
 
 if __name__ == "__main__":
