@@ -15,10 +15,13 @@ What both sources share:
 - `describe_transport_error`: a connection failure (refused, TLS, 401, timeout) as one
   line an administrator can act on.
 
-Why a window of pipelines on one pool, and not threads: pypsrp's ``WSMan`` holds one
-``requests`` session whose NTLM/Kerberos message encryption counts sequence numbers
-per connection, and its fragmenter is per pool; neither is safe to share between
-threads. ``begin_invoke`` only sends the Command (the server starts the pipeline at
+Two ways to run many commands. The Exchange source, which sends a pipeline per server,
+uses `run_commands_on_pools`: several pools, one thread and one connection each, so that
+the network's latency is paid concurrently (its docstring says why). The others use a
+window of pipelines on one pool (`run_commands`), and not threads on it: pypsrp's
+``WSMan`` holds one ``requests`` session whose NTLM/Kerberos message encryption counts
+sequence numbers per connection, and its fragmenter is per pool; neither is safe to
+share between threads. ``begin_invoke`` only sends the Command (the server starts the pipeline at
 once on a free runspace of the pool), so keeping up to ``max_concurrency`` pipelines
 begun and collecting them oldest first lets the server run that many cmdlets in
 parallel (Exchange's cmdlets spend their time in Active Directory and IIS, not on the
