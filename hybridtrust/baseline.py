@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hybridtrust.limits import BASELINE_BYTES, NESTING_ERRORS, TooLarge, read_bounded
 from hybridtrust.results import FORMAT, severity_rank
 
 Key = tuple[str, str]
@@ -36,9 +37,11 @@ class BaselineError(ValueError):
 def load_results_document(path: Path, profile: str) -> dict[str, Any]:
     """A results document of `profile`, checked enough to be compared; else a `BaselineError`."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bounded(path, BASELINE_BYTES).decode("utf-8-sig")  # limits.py: never more into memory
     except FileNotFoundError:
         raise BaselineError(f"--baseline {path}: no such results file") from None
+    except TooLarge as error:
+        raise BaselineError(f"--baseline {path}: refused: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise BaselineError(f"--baseline {path}: cannot be read: {error}") from None
     try:
@@ -46,6 +49,11 @@ def load_results_document(path: Path, profile: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise BaselineError(
             f"--baseline {path}: not valid JSON ({error.msg} at line {error.lineno}): expected a results document"
+        ) from None
+    except NESTING_ERRORS:
+        # json is recursive: `[[[[...` would otherwise end the run as an internal error (limits.py).
+        raise BaselineError(
+            f"--baseline {path}: not valid JSON (nested too deeply): expected a results document"
         ) from None
     if not isinstance(document, dict):
         raise BaselineError(f"--baseline {path}: expected a results document (a JSON object with key 'format')")

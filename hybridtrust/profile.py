@@ -26,6 +26,7 @@ from pydantic import (
 
 from hybridtrust.catalog import SCENARIOS
 from hybridtrust.clouds import CLOUDS, Cloud
+from hybridtrust.limits import NESTING_ERRORS, PROFILE_BYTES, TooLarge, read_bounded
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -295,18 +296,24 @@ def load_profile(name_or_path: str) -> Profile:
     path = profile_path(name_or_path)
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bounded: a multi-gigabyte file (or /dev/zero) is refused before it fills the memory (limits.py).
+        text = read_bounded(path, PROFILE_BYTES).decode("utf-8")
     except FileNotFoundError:
         available = sorted(p.stem for p in PROFILES_DIR.glob("*.toml")) if PROFILES_DIR.is_dir() else []
         raise ProfileError(
             f"{where}: no such profile; available: {', '.join(available) or 'none'} (or give a path to a .toml file)"
         ) from None
+    except TooLarge as error:
+        raise ProfileError(f"{where}: refused: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ProfileError(f"{where}: cannot be read: {error}") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ProfileError(f"{where}: not valid TOML: {error}") from None
+    except NESTING_ERRORS:
+        # tomllib is recursive: `a = [[[[...` would otherwise end the run as an internal error.
+        raise ProfileError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
     try:
         profile = Profile.model_validate(document)
     except ValidationError as error:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridtrust import catalog
+from hybridtrust.limits import NESTING_ERRORS, WAIVER_BYTES, TooLarge, read_bounded
 from hybridtrust.results import ProfileResults, Result
 
 REQUIRED = ("requirement", "justification", "expires")
@@ -158,9 +159,12 @@ def load_waivers(path: Path) -> list[Waiver]:
     """Read and check a waiver file; any problem is a `WaiverError` naming file, index, key and expectation."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # Bounded: a multi-gigabyte file (or /dev/zero) is refused before it fills the memory (limits.py).
+        text = read_bounded(path, WAIVER_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise WaiverError(f"{file}: no such waiver file") from None
+    except TooLarge as error:
+        raise WaiverError(f"{file}: refused: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise WaiverError(f"{file}: cannot be read: {error}") from None
     try:
@@ -170,6 +174,9 @@ def load_waivers(path: Path) -> list[Waiver]:
         if located:
             raise WaiverError(f"{file}: {located} (not valid TOML: {error})") from None
         raise WaiverError(f"{file}: not valid TOML: {error}") from None
+    except NESTING_ERRORS:
+        # tomllib is recursive: `a = [[[[...` would otherwise end the run as an internal error.
+        raise WaiverError(f"{file}: not valid TOML: arrays or tables nested too deeply") from None
     for key in document:
         if key != "waiver":
             raise WaiverError(

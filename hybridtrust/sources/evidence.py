@@ -16,6 +16,7 @@ from typing import Any
 
 from hybridtrust.clixml import MAX_EVIDENCE_FILE_BYTES, ClixmlError, read_clixml_file
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, Collection, Missing, TenantDocuments
+from hybridtrust.limits import MANIFEST_BYTES, NESTING_ERRORS, TooLarge, read_bounded
 from hybridtrust.powershell import PSRecord
 
 FORMAT = "hybridtrust-evidence/1"
@@ -99,6 +100,9 @@ def _json_document(path: Path, where: str, key: str) -> dict[str, Any] | Missing
         return Missing(key, f"{where}: cannot be read: {error}")
     except json.JSONDecodeError as error:
         return Missing(key, f"{where}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})")
+    except NESTING_ERRORS:
+        # json is recursive: `[[[[...` would otherwise escape as RecursionError and end the whole run.
+        return Missing(key, f"{where}: refused: arrays or objects nested too deeply for a Graph response")
     if not isinstance(document, dict):
         return Missing(key, f"{where}: expected a Graph response object, found {type(document).__name__}")
     return document
@@ -153,7 +157,12 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8-sig"))
+        # Bounded and depth-safe: the manifest is read before anything else (limits.py says why).
+        manifest = json.loads(read_bounded(path, MANIFEST_BYTES).decode("utf-8-sig"))
+    except TooLarge as error:
+        raise EvidenceError(f"{path}: refused: {error}") from None
+    except NESTING_ERRORS:
+        raise EvidenceError(f"{path}: not valid JSON: arrays or objects nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EvidenceError(f"{path}: not valid JSON: {error}") from None
     if not isinstance(manifest, dict):
