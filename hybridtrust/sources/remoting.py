@@ -223,10 +223,12 @@ def describe_transport_error(error: BaseException, settings: RemotingSettings) -
         cause = "the connection broke in the middle of the server's answer" + (f" ({read.group(1)})" if read else "")
     elif isinstance(error, requests.exceptions.ConnectionError):
         reason = _ERRNO.search(text)
-        if reason:
-            cause = f"connection failed: {reason.group(1).strip()}"
-        elif "RemoteDisconnected" in text or "Connection aborted" in text:
+        if "reset by peer" in text or "RemoteDisconnected" in text or "Connection aborted" in text:
+            # A reset (RST) or a close before any answer: the same to an administrator, but requests
+            # words it differently by the moment it hit ("[Errno 104] ..." or "Connection aborted.").
             cause = "the server closed the connection without an answer"
+        elif reason:
+            cause = f"connection failed: {reason.group(1).strip()}"
         else:
             cause = f"connection failed: {text}"
     elif isinstance(error, AuthenticationError):
