@@ -291,7 +291,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # -- parametrization over subjects ---------------------------------------------------------
 @dataclass(frozen=True)
 class SubjectParam:
-    """What the autouse `hybrid_subject` fixture receives for one generated test."""
+    """The `hybrid_subject` parameter of one generated test (it replaces the fixture of that name)."""
 
     profile: str
     requirement: Requirement
@@ -356,11 +356,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     over = metafunc.function.hybrid_subjects  # type: ignore[attr-defined]
     argname = _subject_argname(metafunc) or "_hybrid_unused"
     params = [param for audit in suite.audits for param in _params_for(audit, requirement, over, suite)]
+    # `hybrid_subject` is parametrized directly, which replaces the autouse fixture of that name for
+    # these tests: an indirect parameter needs a fixture taking `request`, and pytest builds a fixture
+    # definition for `request` (inspecting a signature) in every test, a tenth of a 16,000-test run.
+    # What that fixture did, refusing a subject whose evidence was not collected, is done in
+    # pytest_runtest_setup (`_refuse_unevaluable`).
     if argname == "_hybrid_unused":
         params = [pytest.param(param.values[0], id=param.id, marks=param.marks) for param in params]
-        metafunc.parametrize("hybrid_subject", params, indirect=True)
+        metafunc.parametrize("hybrid_subject", params)
     else:
-        metafunc.parametrize(["hybrid_subject", argname], params, indirect=["hybrid_subject"])
+        metafunc.parametrize(["hybrid_subject", argname], params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -460,6 +465,24 @@ def _skip_reason(report: pytest.TestReport) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     take_finding()  # nothing from an earlier test may leak into this one's report
+    param = _param_of(item)
+    if param is not None:
+        _refuse_unevaluable(param)
+
+
+def _refuse_unevaluable(param: SubjectParam) -> None:
+    """A subject whose evidence was not collected errs (never a pass); one not collected by design is skipped."""
+    error = param.error
+    if error is None:
+        if param.organization is None or param.subject is None:
+            return  # a parameter marked skip (scenario not selected, not applicable): the mark says why
+        tenant = next((t for t in param.organization.tenants if t.id == param.subject.tenant_id), None)
+        missing = param.organization.missing(param.requirement.needs, tenant=tenant, server=param.subject.server)
+        error = NotCollected(*missing) if missing else None
+    if error is not None:
+        if error.by_design:
+            pytest.skip(str(error))
+        raise error
 
 
 @pytest.hookimpl(wrapper=True)
