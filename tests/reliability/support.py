@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def suite_command(reports: Path, *args: str) -> list[str]:
 class SuiteProcess:
     """A suite run started now; `wait()` collects it. Several may run at once (each its own reports)."""
 
+    preexec: Callable[[], None] | None = None
+    """Run in the child before the suite starts (a subclass sets resource limits here)."""
+
     def __init__(
         self,
         workdir: Path,
@@ -99,6 +103,7 @@ class SuiteProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
             stderr=self._stderr,
+            preexec_fn=self.preexec,
         )
 
     def wait(self) -> Measured:
