@@ -169,6 +169,14 @@ class HtmlReport:
         names = ("requirement", "severity", "subject")
         for offset, (name, value) in enumerate(zip(names, values, strict=True)):
             cells.insert(1 + offset, f'<td class="col-{name}">{escape(value)}</td>')
+        # pytest-html 4 writes the test id into its cell unescaped, and its script inserts the cell as
+        # HTML; the id carries subjects named by the organization (a virtual directory URL, an
+        # AuthServer name), so it is written again here, escaped, from the same node id
+        # (tests/reliability/test_injection.py opens the report in Chromium to prove it).
+        test_id = report.nodeid if report.when == "call" else f"{report.nodeid}::{report.when}"
+        for index, cell in enumerate(cells):
+            if cell.startswith('<td class="col-testId">'):
+                cells[index] = f'<td class="col-testId">{escape(test_id)}</td>'
 
     def pytest_html_results_table_html(self, report: pytest.TestReport, data: list[str]) -> None:
         result: Result | None = getattr(report, "hybrid_result", None)
