@@ -1,4 +1,4 @@
-"""``python -m hybridtrust.lab serve [--state FILE] [--latency-ms N] [--counters FILE]``: the lab as a process.
+"""``python -m hybridtrust.lab serve [--state FILE] [--latency-ms N] [--counters FILE] [--cache-output]``: the lab as a process.
 
 Starts every lab endpoint on 127.0.0.1 and prints exactly one JSON line on stdout once
 they all accept connections::
@@ -41,7 +41,9 @@ def _load_state(path: Path | None) -> LabState:
     return state
 
 
-def serve(state_file: Path | None, latency_ms: int, counters_file: Path | None = None) -> int:
+def serve(
+    state_file: Path | None, latency_ms: int, counters_file: Path | None = None, cache_output: bool = False
+) -> int:
     from hybridtrust.lab.server import start_lab
 
     try:
@@ -49,6 +51,10 @@ def serve(state_file: Path | None, latency_ms: int, counters_file: Path | None =
     except LabStateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 4
+    if cache_output:
+        from hybridtrust.lab import output_cache
+
+        output_cache.warm(state)  # before the JSON line: the lab is ready when it says so
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -80,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument(
         "--counters", type=Path, help="at exit, write what every endpoint served (lab.counters()) to this JSON file"
     )
+    serve_parser.add_argument(
+        "--cache-output",
+        action="store_true",
+        help="build and serialize every Exchange object once, at start (benchmarks of large organizations)",
+    )
     serve_parser.add_argument("--log-level", default="WARNING", help="logging level for stderr (default WARNING)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.latency_ms < 0:
         parser.error("--latency-ms must not be negative")
-    return serve(args.state, args.latency_ms, args.counters)
+    return serve(args.state, args.latency_ms, args.counters, args.cache_output)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from hybridtrust.lab.exchange_objects import (
     sharepoint_objects,
 )
 from hybridtrust.lab.pki import thumbprint
-from hybridtrust.lab.state import LabState
+from hybridtrust.lab.state import EXCHANGE_NOUNS, LabState
 
 MUTATING_VERBS = {"Set", "New", "Add", "Remove", "Register", "Enable", "Disable"}
 
@@ -374,7 +374,28 @@ def _one(call: _Call, noun: str, identity: str) -> dict[str, Any]:
 
 
 def _render(call: _Call, noun: str, objects: Iterable[Mapping[str, Any]], **kwargs: Any) -> list[PSObject]:
-    return [exchange_object(noun, data, call.directory, **kwargs) for data in objects]
+    return [_build(call.state, call.directory, noun, data, kwargs) for data in objects]
+
+
+def _build(
+    state: LabState, directory: Directory, noun: str, data: Mapping[str, Any], options: dict[str, Any]
+) -> PSObject:
+    """One object as the cmdlet returns it; built once while the organization does not change when a
+    benchmark turned the output cache on (hybridtrust.lab.output_cache)."""
+    cache = state.output_cache
+    if cache is None:
+        return exchange_object(noun, data, directory, **options)
+    return cache.object(noun, data, options, lambda: exchange_object(noun, data, directory, **options))
+
+
+def render_everything(state: LabState) -> Iterator[PSObject]:
+    """Every Exchange object as the Get- cmdlets of an audit return it (what output_cache.warm builds)."""
+    directory = Directory.of(state)
+    with state.lock:
+        for noun in EXCHANGE_NOUNS:
+            options = {"ad_properties_only": True} if noun.endswith("VirtualDirectory") else {}
+            for data in list(state.objects(noun)):
+                yield _build(state, directory, noun, data, options)
 
 
 def _get(noun: str) -> Handler:
@@ -429,7 +450,7 @@ def _get_virtual_directory(noun: str) -> Handler:
                         )
                     )
                     continue
-                output.append(exchange_object(noun, data, call.directory, ad_properties_only=ad_only))
+                output.append(_build(call.state, call.directory, noun, data, {"ad_properties_only": ad_only}))
         if identity is not None and not selected:
             yield call.not_found(identity, terminating=False)
         yield from output

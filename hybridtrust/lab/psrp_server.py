@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psrpcore
+from psrpcore._payload import PSRPMessage, StreamType, create_message
 from psrpcore.types import (
     ErrorCategory,
     ErrorCategoryInfo,
@@ -284,11 +285,14 @@ class PSRPShell:
         runner: Runner,
         observer: PipelineObserver | None = None,
         name: str = "lab",
+        serialized: Callable[[Any], bytes | None] | None = None,
     ) -> None:
         self.shell_id = shell_id
         self.name = name
         self._runner = runner
         self._observer = observer
+        self._serialized = serialized
+        """An output object's CLIXML when a cache has it (hybridtrust.lab.output_cache), else None."""
         self._cond = threading.Condition(threading.RLock())
         self._pool = _RunspacePool(application_private_data={"PSVersionTable": dict(PS_VERSION_TABLE)})
         self._outbox: dict[uuid.UUID | None, deque[bytes]] = {}
@@ -477,7 +481,7 @@ class PSRPShell:
                                 record = error_record(item, activity)
                                 run.pipeline.prepare_message(record, psrpcore.types.PSRPMessageType.ErrorRecord)
                             else:
-                                run.pipeline.write_output(item)
+                                self._write_output(run, item)
                             self._drain()
                 with self._cond:
                     if run.stop_requested or run.closed or self._closed:
@@ -496,6 +500,28 @@ class PSRPShell:
                 self._drain()
             else:
                 self._finish(run)
+
+    def _write_output(self, run: _Run, item: Any) -> None:
+        data = self._serialized(item) if self._serialized is not None else None
+        if data is None:
+            run.pipeline.write_output(item)
+            return
+        # What psrpcore's prepare_message queues for a PIPELINE_OUTPUT, with the CLIXML already made
+        # (psrpcore 0.3 has no public way to queue serialized output).
+        pipeline = run.pipeline
+        pool = pipeline.runspace_pool
+        message_type = psrpcore.types.PSRPMessageType.PipelineOutput
+        message = create_message(pool._is_client, message_type, data, pool.runspace_pool_id, pipeline.pipeline_id)
+        pool._send_buffer.append(
+            PSRPMessage(
+                message_type,
+                bytearray(message),
+                pool.runspace_pool_id,
+                pipeline.pipeline_id,
+                pool._fragment_counter,
+                StreamType.default,
+            )
+        )
 
     def _finish(self, run: _Run) -> None:
         if not run.closed and run.pipeline.state == PSInvocationState.Running:

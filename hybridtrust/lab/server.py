@@ -222,7 +222,15 @@ class LabPowerShellServer:
         runner = _runner(state, name, invoke)
 
         def new_shell(shell_id: str, creation_data: bytes, owner: str) -> PSRPShell:
-            return PSRPShell(shell_id, creation_data, runner=runner, observer=self._counters.pipeline, name=name)
+            return PSRPShell(
+                shell_id,
+                creation_data,
+                runner=runner,
+                observer=self._counters.pipeline,
+                name=name,
+                # Looked up per object, so a cache turned on after the lab started serves too.
+                serialized=lambda item: cache.serialized(item) if (cache := state.output_cache) else None,
+            )
 
         self.wsman = WSManService(
             {configuration_name: new_shell}, machine=machine, on_action=self._counters.wsman_action, faults=self.faults

@@ -135,6 +135,10 @@ class LabState:
         self.document = document
         self.path = path
         self.lock = threading.RLock()
+        self.revision = 0
+        """Advanced by every `changing()`: what hybridtrust.lab.output_cache keys on."""
+        self.output_cache: Any = None
+        """hybridtrust.lab.output_cache.OutputCache when a benchmark turned it on (off by default)."""
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -176,7 +180,11 @@ class LabState:
     def changing(self) -> Iterator[dict[str, Any]]:
         """Hold the lock while a cmdlet or PATCH changes the world, then persist it."""
         with self.lock:
-            yield self.document
+            self.revision += 1
+            try:
+                yield self.document
+            finally:
+                self.revision += 1  # what was built from the document before is stale now
             self.save()
 
     def save(self, path: Path | None = None) -> None:
