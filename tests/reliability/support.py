@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from hybridtrust.lab.server import Lab
 from tests.support import REPOSITORY
 
@@ -319,53 +322,73 @@ graph_url = "{d["graph"]["base_url"]}"
         path.write_text(text, encoding="utf-8")
         return path
 
-    def secrets(self) -> dict[str, str]:
-        """Every secret of this lab by a name for messages: passwords, client secrets, private keys."""
-        d = self.description
-        found = {
-            "exchange password": d["exchange"]["password"],
-            "sharepoint password": d["sharepoint"]["password"],
-        }
-        for tenant_id in self.tenant_ids:
-            for role in ("read_only", "read_write"):
-                client = self.client(tenant_id, role)
-                found[f"{role} client secret of {tenant_id}"] = client["client_secret"]
-                pem = Path(client["certificate_file"]).read_text(encoding="ascii")
-                key = pem.split("-----BEGIN PRIVATE KEY-----", 1)[1].split("-----END PRIVATE KEY-----", 1)[0]
-                # Every line of the key's base64 body: any one of them in an artifact is a leak.
-                for number, line in enumerate(key.split(), start=1):
-                    found[f"line {number} of the private key of the {role} client of {tenant_id}"] = line
+    def secrets(self) -> dict[str, str | bytes]:
+        """Every secret of this lab's organization by a name for messages (read from its state, so also
+        after the lab stopped): the endpoint passwords, every client's secret, and the private numbers
+        of every client's key (d, p, q: the parts of a private key that its certificate does not show)."""
+        found: dict[str, str | bytes] = {}
+        with self.lab.state.lock:
+            for endpoint, credentials in self.lab.state.credentials.items():
+                found[f"{endpoint} password"] = str(credentials["password"])
+            for tenant_id, tenant in self.lab.state.tenants.items():
+                for client in tenant.get("clients", []):
+                    who = f"client {client.get('displayName')} of {tenant_id}"
+                    if client.get("secret"):
+                        found[f"secret of {who}"] = str(client["secret"])
+                    if client.get("certificate_private_key"):
+                        key = serialization.load_pem_private_key(client["certificate_private_key"].encode(), None)
+                        assert isinstance(key, rsa.RSAPrivateKey)
+                        numbers = key.private_numbers()
+                        for part, value in (("d", numbers.d), ("p", numbers.p), ("q", numbers.q)):
+                            found[f"private key {part} of {who}"] = value.to_bytes((value.bit_length() + 7) // 8, "big")
         return found
 
 
-def encoded_forms(secret: str, username: str | None = None) -> dict[str, str]:
-    """A secret as it could leak: itself, base64, URL-encoded, and in a Basic Authorization header."""
-    forms = {
-        "as is": secret,
-        "base64": base64.b64encode(secret.encode()).decode(),
-        "URL-encoded": quote(secret, safe=""),
-        "form-encoded": quote_plus(secret),
-        "JSON-escaped": json.dumps(secret)[1:-1],
-    }
+def encoded_forms(secret: str | bytes, username: str | None = None) -> dict[str, bytes]:
+    """A secret as it could leak: itself, base64 (alone, inside a longer base64 text, in a Basic
+    Authorization header), URL- and form-encoded, JSON-escaped; a binary one also in hex."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    forms = {"as is": raw, "base64": base64.b64encode(raw)}
+    if isinstance(secret, str):
+        forms.update(
+            {
+                "URL-encoded": quote(secret, safe="").encode(),
+                "form-encoded": quote_plus(secret).encode(),
+                "JSON-escaped": json.dumps(secret)[1:-1].encode(),
+            }
+        )
+    else:
+        forms.update({"hex": raw.hex().encode(), "HEX": raw.hex().upper().encode()})
     if username is not None:
-        forms["Basic header"] = base64.b64encode(f"{username}:{secret}".encode()).decode()
+        forms["Basic header"] = base64.b64encode(f"{username}:{secret!s}".encode())
         short = username.split("\\")[-1]
-        forms["Basic header (short user)"] = base64.b64encode(f"{short}:{secret}".encode()).decode()
+        forms["Basic header (short user)"] = base64.b64encode(f"{short}:{secret!s}".encode())
     # Inside a longer base64 text the secret's encoding depends on where it starts (offset mod 3):
     # the middle of each of the three alignments, without the edge quanta it shares with neighbours.
     for shift in range(3):
-        inner = base64.b64encode(b"\0" * shift + secret.encode()).decode()[4:-4]
-        forms[f"inside base64 (offset {shift})"] = inner
+        forms[f"inside base64 (offset {shift})"] = base64.b64encode(b"\0" * shift + raw)[4:-4]
     return {name: form for name, form in forms.items() if len(form) >= 8}
 
 
-def find_secrets(files: dict[str, bytes], secrets: dict[str, str], usernames: dict[str, str]) -> list[str]:
-    """Where any secret, in any form, occurs in any of the artifacts (byte-wise)."""
+def _unwrapped(content: bytes) -> bytes:
+    # PEM and base64 text is wrapped (64 or 76 columns), in files or JSON-escaped: search it unwrapped too.
+    return content.replace(b"\r", b"").replace(b"\n", b"").replace(b"\\n", b"").replace(b"\\r", b"")
+
+
+def find_secrets(files: dict[str, bytes], secrets: dict[str, str | bytes], usernames: dict[str, str]) -> list[str]:
+    """Where any secret, in any form, occurs in any of the artifacts (byte-wise, also with line breaks removed)."""
     leaks = []
+    contents = {name: (content, _unwrapped(content)) for name, content in files.items()}
     for secret_name, secret in secrets.items():
-        for form_name, form in encoded_forms(secret, usernames.get(secret_name)).items():
-            needle = form.encode()
-            for file_name, content in files.items():
-                if needle in content:
-                    leaks.append(f"{secret_name} ({form_name}) in {file_name}")
+        for form_name, needle in encoded_forms(secret, usernames.get(secret_name)).items():
+            for file_name, (content, unwrapped) in contents.items():
+                for text in (content, unwrapped):
+                    at = text.find(needle)
+                    if at >= 0:
+                        # Where it sits, the secret itself blanked out: enough to find the code that wrote it.
+                        context = text[max(0, at - 120) : at + len(needle) + 40].replace(needle, b"<SECRET>")
+                        leaks.append(
+                            f"{secret_name} ({form_name}) in {file_name}: ...{context.decode(errors='replace')}..."
+                        )
+                        break
     return leaks
