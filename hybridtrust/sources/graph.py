@@ -600,7 +600,10 @@ class _TenantCollector:
                     self.tenant_id,
                     item,
                     endpoint,
-                    _scrub(f"cannot reach {self.endpoints.graph_host}: {type(error).__name__}: {error}", self.secrets),
+                    _scrub(
+                        f"cannot reach {self.endpoints.graph_host}: {type(error).__name__}: {error}{_tls_hint(str(error))}",
+                        self.secrets,
+                    ),
                 ) from None
             except AzureError as error:  # sign-in (token refresh) failed inside the pipeline
                 raise self._auth_error(item, endpoint, error) from None
@@ -785,8 +788,15 @@ def _sign_in_error(
         request.tenant_id,
         item,
         endpoint,
-        _scrub(f"could not sign in to Entra ID as {who}({spec.method}): {text}", secrets),
+        _scrub(f"could not sign in to Entra ID as {who}({spec.method}): {text}{_tls_hint(text)}", secrets),
     )
+
+
+def _tls_hint(text: str) -> str:
+    """What to do about a certificate the system does not trust (a TLS-inspecting proxy, a private CA)."""
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "; name the CA that issued the server's certificate in [entra] ca_file"
+    return ""
 
 
 def _all_items() -> list[str]:
