@@ -9,11 +9,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psrpcore.types import PSCustomObject, PSObject, serialize_clixml
+from pypsrp.serializer import Serializer
 
 from hybridtrust.certificates import decode_key_identifier
 from hybridtrust.clixml import parse_clixml
 from hybridtrust.matching import authority_spn_covers, normalise_url, url_is_listed, wildcard_covers
 from hybridtrust.powershell import PSRecord
+from hybridtrust.sources.remoting import RawOutput, output_record
 
 EXO = "00000002-0000-0ff1-ce00-000000000000"
 label = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=12)
@@ -104,3 +106,32 @@ def test_the_service_principal_index_agrees_with_the_rules(names: list[str], hos
     assert principal.names_https_root(host) == any(
         normalise_url(n) == f"https://{host}" for n in names if n.startswith("https://")
     )
+
+
+# -- the live source's normaliser (hybridtrust.sources.remoting.output_record) --------------------------
+def _first_object(document: str) -> str:
+    """The <Obj> of a one-object Export-Clixml document: what a PSRP PIPELINE_OUTPUT message carries."""
+    start, end = document.index('<Obj RefId="0">'), document.rindex("</Objs>")
+    return document[start:end]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_a_string_output_is_read_as_the_server_wrote_it(text: str) -> None:
+    # pypsrp hands string outputs over as str; output_record writes the <S> element again, escaping
+    # control characters and "_x" look-alikes as CLIXML does, and reads it like evidence.
+    record = output_record(text, "generated")
+    assert record.text == (text or None)
+    assert record.is_a("System.String")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Z][A-Za-z]{0,12}", fullmatch=True), value, min_size=1, max_size=6))
+def test_live_output_and_evidence_give_the_same_record(properties: dict[str, Any]) -> None:
+    # The three ways an object reaches the facts: an evidence file (Export-Clixml), a live pipeline
+    # whose output is kept as the server's CLIXML (RawOutput), and pypsrp's own object (its _xml).
+    document = serialize_clixml(PSCustomObject(**properties), None)  # type: ignore[arg-type]
+    evidence = parse_clixml(document, "evidence")[0]
+    element = _first_object(document)
+    assert output_record(RawOutput(element), "raw") == evidence
+    assert output_record(Serializer().deserialize(element), "pypsrp") == evidence
