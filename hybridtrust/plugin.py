@@ -33,7 +33,13 @@ SUITE_KEY = pytest.StashKey["Suite"]()
 FIXTURE_NAMES = {"org", "profile", "cloud", "now", "request", "hybrid_subject"}
 # --remediate, --dry-run, --allow-risky and --rollback: their own plugin module (hybridtrust.remediation);
 # the results document's timings (collection, tests, reports): hybridtrust.timings.
-pytest_plugins = ("hybridtrust.remediation.plugin", "hybridtrust.timings", "hybridtrust.collect_once")
+# Runs of thousands of tests write their HTML and JUnit reports from the results: hybridtrust.large_run.
+pytest_plugins = (
+    "hybridtrust.remediation.plugin",
+    "hybridtrust.timings",
+    "hybridtrust.collect_once",
+    "hybridtrust.large_run",
+)
 
 
 # -- options --------------------------------------------------------------------------
