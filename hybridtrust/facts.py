@@ -1108,8 +1108,9 @@ class Organization:
             ) from error
         return ServerCertificates(server, certificates)
 
-    @property
+    @cached_property
     def auth_certificate_servers(self) -> list[ExchangeServer]:
+        """The servers that must hold the auth certificate (computed once: every server's test asks)."""
         return [server for server in self.servers if server.holds_auth_certificate]
 
     def auth_certificate(self, thumbprint: str | None = None) -> Certificate | None:
@@ -1117,6 +1118,13 @@ class Organization:
         thumbprint = thumbprint or self.auth_config.current_thumbprint
         if not thumbprint:
             return None
+        # Every server's EXO-AUTHCERT and HMA-AUTHCERT asks for the same certificate: found once.
+        found: dict[str, Certificate | None] = self.__dict__.setdefault("_auth_certificate_cache", {})
+        if thumbprint.upper() not in found:
+            found[thumbprint.upper()] = self._find_auth_certificate(thumbprint)
+        return found[thumbprint.upper()]
+
+    def _find_auth_certificate(self, thumbprint: str) -> Certificate | None:
         unread: list[Missing] = []
         for server in self.auth_certificate_servers:
             documents = self._certificate_documents(server.name)
