@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import fnmatch
+import functools
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -454,11 +455,19 @@ def _result(item: pytest.Item, report: pytest.TestReport, call: pytest.CallInfo[
 
 def _stable_nodeid(item: pytest.Item) -> str:
     """The node id relative to the repository, whatever root pytest chose (baselines compare them)."""
-    try:
-        path = item.path.resolve().relative_to(REPOSITORY).as_posix()
-    except ValueError:
+    path = _repository_path(item.path)
+    if path is None:
         return item.nodeid
     return "::".join([path, *item.nodeid.split("::")[1:]])
+
+
+@functools.lru_cache(maxsize=256)
+def _repository_path(path: Path) -> str | None:
+    # Resolving a path asks the file system: once per test module, not once per test.
+    try:
+        return path.resolve().relative_to(REPOSITORY).as_posix()
+    except ValueError:
+        return None
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
