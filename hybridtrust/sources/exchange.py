@@ -30,7 +30,7 @@ that cannot be made (refused, TLS, 401, timeout) makes every Exchange document
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from hybridtrust.facts import VIRTUAL_DIRECTORY_CMDLETS, Collection, ExchangeServer, Missing
@@ -75,20 +75,23 @@ class ExchangeDocuments:
 
     def auth_server_application_ids(self) -> list[str]:
         """ApplicationIdentifier of every AzureAD AuthServer (the dedicated hybrid app lookup, S5)."""
-        from hybridtrust.facts import AuthServer
-
         records = self.exchange.get("Get-AuthServer")
-        if not isinstance(records, list):
-            return []
-        found: list[str] = []
-        for record in records:
-            try:
-                server = AuthServer.from_record(record)
-            except ValueError:
-                continue
-            if server.is_evosts and server.application_identifier and server.application_identifier not in found:
-                found.append(server.application_identifier)
-        return found
+        return application_ids_of(records) if isinstance(records, list) else []
+
+
+def application_ids_of(auth_servers: list[PSRecord]) -> list[str]:
+    """ApplicationIdentifier of every AzureAD AuthServer among Get-AuthServer's records, once each."""
+    from hybridtrust.facts import AuthServer
+
+    found: list[str] = []
+    for record in auth_servers:
+        try:
+            server = AuthServer.from_record(record)
+        except ValueError:
+            continue
+        if server.is_evosts and server.application_identifier and server.application_identifier not in found:
+            found.append(server.application_identifier)
+    return found
 
 
 def organization_commands() -> list[Command]:
@@ -125,8 +128,16 @@ def certificate_command(server: str) -> Command:
     return Command(f"{CERTIFICATES_FOLDER}/{server}", CERTIFICATES, (("Server", server),))
 
 
-def collect_exchange(settings: RemotingSettings | SettingsError) -> ExchangeDocuments:
-    """Every Exchange document of the organization; never raises (failures become `Missing`)."""
+def collect_exchange(
+    settings: RemotingSettings | SettingsError,
+    *,
+    early: Callable[[str, list[PSRecord] | None], None] | None = None,
+) -> ExchangeDocuments:
+    """Every Exchange document of the organization; never raises (failures become `Missing`).
+
+    `early` hears each organization-wide cmdlet's records (None if it failed) as soon as they
+    arrive, from a collection thread: the live source starts Graph once Get-AuthServer answered.
+    """
     uri = settings.uri if isinstance(settings, RemotingSettings) else "the profile's [exchange] uri"
     documents = ExchangeDocuments(uri=uri)
     if isinstance(settings, SettingsError):
@@ -134,7 +145,7 @@ def collect_exchange(settings: RemotingSettings | SettingsError) -> ExchangeDocu
         return documents
     documents.notes.extend(settings.notes())
     try:
-        _collect(settings, documents)
+        _collect(settings, documents, early)
     except Exception as error:  # fail closed: an unexpected failure is "not collected", never a crash or a pass
         log.debug("exchange source failed", exc_info=True)
         reason = scrub(
@@ -150,7 +161,11 @@ def _fail_all(documents: ExchangeDocuments, reason: str) -> None:
         documents.exchange[cmdlet] = Missing(f"exchange:{cmdlet}", f"{cmdlet}: {reason}")
 
 
-def _collect(settings: RemotingSettings, documents: ExchangeDocuments) -> None:
+def _collect(
+    settings: RemotingSettings,
+    documents: ExchangeDocuments,
+    early: Callable[[str, list[PSRecord] | None], None] | None = None,
+) -> None:
     try:
         # One pool first: whether Exchange answers at all (and why not) is known before any thread starts.
         pool = open_pool(settings, 1, raw_output=True)
@@ -160,6 +175,8 @@ def _collect(settings: RemotingSettings, documents: ExchangeDocuments) -> None:
         return
 
     def follow_up(command: Command, outcome: Outcome) -> list[Command]:
+        if early is not None:
+            early(command.cmdlet, outcome.records if outcome.error is None else None)
         # The certificate queries join the queue as soon as the server list is known.
         if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
             return []

@@ -28,6 +28,7 @@ saved in the file ``[lab] connection`` names.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import logging
@@ -39,8 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, SHAREPOINT_ONLINE_APP_ID, Collection, Missing, TenantDocuments
+from hybridtrust.powershell import PSRecord
 from hybridtrust.sources.evidence import EXCHANGE_CMDLETS, EXCHANGE_ONLINE_CMDLETS, SHAREPOINT_DOCUMENTS
-from hybridtrust.sources.exchange import EXCHANGE_CONFIGURATION, collect_exchange
+from hybridtrust.sources.exchange import EXCHANGE_CONFIGURATION, application_ids_of, collect_exchange
 from hybridtrust.sources.remoting import (
     REMOTING_ERRORS,
     Command,
@@ -274,7 +276,9 @@ def collect_with(
     )
     collection.notes.extend(connections.notes)
 
-    # 1. Exchange
+    # 1. Exchange, in the background: Entra ID needs only its AuthServers (their application ids), so
+    # Graph and SharePoint run while the per-server certificate queries, most of a large audit, go on.
+    later = Collection(source="live", origin=connections.origin, collected_at=collection.collected_at)
     app_ids: list[str] = []
     if connections.exchange is None:
         for cmdlet in EXCHANGE_CMDLETS:
@@ -282,18 +286,41 @@ def collect_with(
                 f"exchange:{cmdlet}",
                 "not collected: the profile has no [exchange] section (uri of Exchange's /PowerShell)",
             )
+        exchange = None
     else:
-        exchange = collect_exchange(connections.exchange)
-        exchange.apply_to(collection)
-        app_ids = exchange.auth_server_application_ids()
+        settings = connections.exchange
+        auth_servers: list[list[PSRecord] | None] = []
+        answered = threading.Event()
+
+        def early(cmdlet: str, records: list[PSRecord] | None) -> None:
+            if cmdlet == "Get-AuthServer":
+                auth_servers.append(records)
+                answered.set()
+
+        background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridtrust-exchange")
+        exchange = background.submit(collect_exchange, settings, early=early)
+        background.shutdown(wait=False)
+        while not answered.wait(0.05) and not exchange.done():
+            pass
+        if auth_servers and auth_servers[0] is not None:
+            app_ids = application_ids_of(auth_servers[0])
+        elif exchange.done():
+            app_ids = exchange.result().auth_server_application_ids()
 
     # 2. Entra ID
-    evidence_files = _collect_tenants(profile, connections.graph, app_ids, collection)
-    remember_graph_files(collection, evidence_files)
+    evidence_files = _collect_tenants(profile, connections.graph, app_ids, later)
+    remember_graph_files(later, evidence_files)
 
     # 3. SharePoint
     if "sharepoint-s2s" in profile.scenarios:
-        _collect_farm(profile, connections.sharepoint, collection)
+        _collect_farm(profile, connections.sharepoint, later)
+
+    # The documents in the order the collection always had: Exchange's (and its notes) first.
+    if exchange is not None:
+        exchange.result().apply_to(collection)
+    collection.tenants.update(later.tenants)
+    collection.sharepoint.update(later.sharepoint)
+    collection.notes.extend(later.notes)
 
     # 4. Exchange Online
     collection.exchange_online.update(exchange_online_documents(profile))
