@@ -403,6 +403,12 @@ def open_pool(settings: RemotingSettings, runspaces: int, *, raw_output: bool = 
         pool._serializer = serializer  # the pool's own messages and its fragmenter's share one serializer
         pool._fragmenter.serializer = serializer
     pool.open()
+    # pypsrp's session merged the environment's proxy and CA settings when it was built (and
+    # no_proxy keeps any proxy out); left trusting the environment, requests reads it again on
+    # every request, a tenth of the client's time in an audit of 1,000 servers.
+    session = getattr(getattr(pool.connection, "transport", None), "session", None)
+    if session is not None:
+        session.trust_env = False
     return pool
 
 
