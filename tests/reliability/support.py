@@ -21,7 +21,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,12 @@ def suite_command(reports: Path, *args: str) -> list[str]:
 
 
 class SuiteProcess:
-    """A suite run started now; `wait()` collects it. Several may run at once (each its own reports)."""
+    """One suite run: `start()` it (or hand it to a `Launcher`), `wait()` for what it did.
+
+    Several may run at once, each with its own reports folder. The time limit counts from the
+    start; a run that exceeds it is killed (by its pid: this object started it) and `wait()`
+    fails saying so.
+    """
 
     preexec: Callable[[], None] | None = None
     """Run in the child before the suite starts (a subclass sets resource limits here)."""
@@ -95,36 +102,47 @@ class SuiteProcess:
         self.reports = reports if reports is not None else workdir / "reports"
         self.reports.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        self._stdout = (workdir / "stdout.txt").open("wb")
-        self._stderr = (workdir / "stderr.txt").open("wb")
-        environment = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        self.command = suite_command(self.reports, *args)
+        self.environment = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.result: Measured | AssertionError | None = None
+        self.done = threading.Event()
+        self._launcher: Launcher | None = None
+
+    def start(self) -> None:
+        self._stdout = (self.workdir / "stdout.txt").open("wb")
+        self._stderr = (self.workdir / "stderr.txt").open("wb")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            suite_command(self.reports, *args),
+            self.command,
             cwd=REPOSITORY,
-            env=environment,
+            env=self.environment,
             stdin=subprocess.DEVNULL,
             stdout=self._stdout,
             stderr=self._stderr,
             preexec_fn=self.preexec,
         )
 
-    def wait(self) -> Measured:
-        deadline = self.started + self.timeout
-        while True:
-            # wait4, not Popen.wait: it returns this child's own resource usage (peak memory).
-            pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                self.process.kill()
-                os.wait4(self.process.pid, 0)
-                self.process.returncode = -9
-                self._close()
-                raise AssertionError(
-                    f"the suite did not end within {self.timeout:g} s (killed): {self._output()[-3000:]}"
-                )
-            time.sleep(0.02)
+    def poll(self) -> bool:
+        """Collect the run if it ended (or kill it past its time limit); True once it is done."""
+        if self.done.is_set():
+            return True
+        assert self.process is not None, "poll() before start()"
+        # wait4, not Popen.wait: it returns this child's own resource usage (peak memory).
+        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        if not pid:
+            if time.monotonic() - self.started <= self.timeout:
+                return False
+            self.process.kill()
+            os.wait4(self.process.pid, 0)
+            self.process.returncode = -9
+            self._close()
+            self.result = AssertionError(
+                f"the suite did not end within {self.timeout:g} s (killed): {self._output()[-3000:]}"
+            )
+            self.done.set()
+            return True
         elapsed = time.monotonic() - self.started
         self.process.returncode = os.waitstatus_to_exitcode(status)
         self._close()
@@ -136,7 +154,7 @@ class SuiteProcess:
                 continue
             if isinstance(document, dict) and document.get("format") == "hybridtrust-results/1":
                 results[document["profile"]] = document
-        return Measured(
+        self.result = Measured(
             status=self.process.returncode,
             output=self._output(),
             elapsed_s=elapsed,
@@ -144,6 +162,33 @@ class SuiteProcess:
             reports=self.reports,
             results=results,
         )
+        self.done.set()
+        return True
+
+    def wait(self) -> Measured:
+        if self._launcher is None:
+            if self.process is None:
+                self.start()
+            while not self.poll():
+                time.sleep(0.02)
+        elif not self.done.wait(QUEUE_TIMEOUT_S):
+            raise AssertionError(f"the launcher did not run {self.workdir} within {QUEUE_TIMEOUT_S:g} s")
+        if isinstance(self.result, AssertionError):
+            raise self.result
+        assert self.result is not None
+        return self.result
+
+    def kill(self) -> None:
+        """Stop a run that is still going, or never let it start (at the end of the session)."""
+        if self.done.is_set():
+            return
+        if self.process is not None:
+            self.process.kill()
+            os.wait4(self.process.pid, 0)
+            self.process.returncode = -9
+            self._close()
+        self.result = AssertionError(f"{self.workdir}: stopped unfinished")
+        self.done.set()
 
     def _close(self) -> None:
         self._stdout.close()
@@ -153,6 +198,83 @@ class SuiteProcess:
         stdout = (self.workdir / "stdout.txt").read_text(encoding="utf-8", errors="replace")
         stderr = (self.workdir / "stderr.txt").read_text(encoding="utf-8", errors="replace")
         return stdout + stderr
+
+
+QUEUE_TIMEOUT_S = 600.0
+"""How long `wait()` waits for a run a `Launcher` has not even finished after every earlier run."""
+
+
+class Launcher:
+    """Runs the suite runs of every reliability module, at most `limit` at a time, in a thread.
+
+    Most of these runs wait (for a timeout, a Retry-After) or compete for two CPUs: started by
+    module, one module after the other, the group took 85 s; queued here from the start of
+    the session (tests/reliability/conftest.py), it takes about half of that, and at most
+    `limit` runs at once keeps each run's own time (which the tests bound) close to what it
+    would be on a busy CI machine.
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._pending: deque[SuiteProcess] = deque()
+        self._running: list[SuiteProcess] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reliability-launcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, process: SuiteProcess) -> SuiteProcess:
+        process._launcher = self
+        with self._lock:
+            self._pending.append(process)
+        return process
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._running = [process for process in self._running if not process.poll()]
+                while self._pending and len(self._running) < self.limit:
+                    process = self._pending.popleft()
+                    process.start()
+                    self._running.append(process)
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for process in [*self._running, *self._pending]:
+                process.kill()
+            self._pending.clear()
+            self._running.clear()
+
+
+@dataclass
+class Batch:
+    """Suite runs handed to a `Launcher` and the labs they reach (a module's `launch()` result).
+
+    ``collect()`` waits for every run, then stops the labs, and gives ``finish(measured)``
+    (the module's own view of its runs); ``close()`` stops the labs in any case.
+    """
+
+    finish: Callable[[dict[str, Measured]], Any]
+    labs: list[Lab] = field(default_factory=list)
+    runs: dict[str, SuiteProcess] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    """Also run by ``close()`` (a listener to stop)."""
+
+    def collect(self) -> Any:
+        try:
+            measured = {name: process.wait() for name, process in self.runs.items()}
+        finally:
+            self.close()
+        return self.finish(measured)
+
+    def close(self) -> None:
+        for lab in self.labs:
+            lab.stop()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 def run_measured(

@@ -3,9 +3,9 @@
 Each fault gets its own lab (started in this process, so the test can arm the fault)
 and a profile of a real organization pointing at it (credentials in environment
 variables, the lab's CA in ca_file; one case uses the external lab profile instead).
-All runs start together and are collected together: most of their time is spent
-waiting for a timeout or a Retry-After, so the group costs about as much as its
-slowest run. What every fault must give:
+All runs are queued together (conftest.py): most of their time is spent waiting for a
+timeout or a Retry-After, so they overlap with the other modules' runs. What every
+fault must give:
 
 - the run ends within the bound the case states (from the profile's timeouts);
 - the exit status fails closed: 1;
@@ -20,9 +20,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,9 @@ from hybridtrust.sources.evidence import EXCHANGE_CMDLETS
 from hybridtrust.sources.exchange import collect_exchange
 from hybridtrust.sources.remoting import RemotingSettings
 from tests.reliability.support import (
+    Batch,
     LabTarget,
+    Launcher,
     Measured,
     SuiteProcess,
     closed_port,
@@ -45,8 +48,8 @@ from tests.reliability.support import (
 
 PROFILE = "faulty"
 SLACK_S = 30.0
-"""What a run may take besides the waits its faults cause: alone it takes about 3 s, but here nine
-suite runs share two CPUs with the labs that serve them."""
+"""What a run may take besides the waits its faults cause: alone it takes about 3 s, but here up to
+eight suite runs (conftest.py's `Launcher`) share two CPUs with the labs that serve them."""
 
 SHORT_TIMEOUTS = "connect_timeout_seconds = 2\noperation_timeout_seconds = 2"
 """Two seconds per cmdlet: WinRM's long poll is then 2 s and the HTTP read timeout 4 s
@@ -201,7 +204,8 @@ THROTTLED = Fault(
     "every Graph request answers 429 with Retry-After: 1",
     lambda lab: lab.graph.faults.throttle(10_000, retry_after=1),
     "graph",
-    r"Graph answered 429 TooManyRequests: Too many requests\. Still 429 after 3 retries "
+    # Three retries a second apart, as many as fit in [entra] timeout_seconds on a loaded machine.
+    r"Graph answered 429 TooManyRequests: Too many requests\. Still 429 after \d retr(y|ies) "
     r"\(Graph asked to wait 1 s more\)",
 )
 THROTTLED_BARE = Fault(
@@ -269,24 +273,23 @@ class FaultRun:
         return str(self.target.description["graph"]["base_url"])
 
 
-@pytest.fixture(scope="module")
-def state() -> LabState:
-    # The drifted lab organization: failures, passes and skips to keep or lose.
-    return flawed_contoso(dt.datetime.now(dt.UTC))
+def launch(root: Path, launcher: Launcher) -> Batch:
+    """Every scenario's run and a run without fault, each against its own lab (see conftest.py)."""
+    state = flawed_contoso(dt.datetime.now(dt.UTC))
+    places: dict[str, tuple[Scenario | None, LabTarget, str]] = {}
 
+    def finish(measured: dict[str, Measured]) -> dict[str, FaultRun]:
+        return {
+            name: FaultRun(scenario, measured[name], target, uri) for name, (scenario, target, uri) in places.items()
+        }
 
-@pytest.fixture(scope="module")
-def fault_runs(state: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FaultRun]]:
-    """Every scenario's run and a run without fault, started together, each against its own lab."""
-    root = tmp_path_factory.mktemp("faults")
-    labs: list[Lab] = []
-    started: dict[str, tuple[Scenario | None, SuiteProcess, LabTarget, str]] = {}
+    batch = Batch(finish)
     try:
         for scenario in [None, *SCENARIOS]:
             name = scenario.id if scenario else "baseline"
             lab = start_lab(state.copy())
-            labs.append(lab)
-            target = LabTarget(lab, root / name)
+            batch.labs.append(lab)
+            target = LabTarget(lab, root / name / "profile")
             exchange_uri = target.description["exchange"]["uri"]
             if scenario is not None and scenario.external:
                 profile = target.external_profile(PROFILE)
@@ -303,15 +306,24 @@ def fault_runs(state: LabState, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 )
             for fault in (*scenario.faults, *scenario.survived) if scenario else ():
                 fault.arm(lab)
-            process = SuiteProcess(root / name, f"--profile={profile}", env=target.env())
-            started[name] = (scenario, process, target, exchange_uri)
-        runs = {}
-        for name, (scenario, process, target, exchange_uri) in started.items():
-            runs[name] = FaultRun(scenario, process.wait(), target, exchange_uri)
-    finally:
-        for lab in labs:
-            lab.stop()
-    yield runs
+            process = SuiteProcess(root / name / "run", f"--profile={profile}", env=target.env())
+            batch.runs[name] = launcher.submit(process)
+            places[name] = (scenario, target, exchange_uri)
+    except BaseException:
+        batch.close()
+        raise
+    return batch
+
+
+@pytest.fixture(scope="module")
+def state() -> LabState:
+    # The drifted lab organization: failures, passes and skips to keep or lose.
+    return flawed_contoso(dt.datetime.now(dt.UTC))
+
+
+@pytest.fixture(scope="module")
+def fault_runs(launched: Callable[[str], Any]) -> dict[str, FaultRun]:
+    return launched(__name__)  # type: ignore[no-any-return]
 
 
 AREAS = {"exchange": "exchange:", "sharepoint": "sharepoint:", "graph": "entra:"}

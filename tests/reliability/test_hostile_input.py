@@ -2,8 +2,8 @@
 
 Everything here is an administrator's command line (``pytest --profile=X [--evidence=DIR]
 [--waivers=FILE]`` in a subprocess), judged by exit status, output, what was written and
-the child's peak memory. All runs start together (the module fixture) and are checked
-one by one. Each child runs under an address-space limit (`MEMORY_LIMIT`), so a reader
+the child's peak memory. All runs are queued with the other modules' (conftest.py) and
+checked one by one. Each child runs under an address-space limit (`MEMORY_LIMIT`), so a reader
 that loads a multi-gigabyte file into memory fails that run instead of the machine.
 
 - A damaged or hostile *evidence file* makes exactly the requirements that need it errors
@@ -25,16 +25,16 @@ import resource
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hybridtrust import catalog
 from hybridtrust.lab.contoso import compliant_organization
-from hybridtrust.lab.state import LabState
-from tests.reliability.support import Measured, SuiteProcess, record_run
+from tests.reliability.support import Batch, Launcher, Measured, SuiteProcess, record_run
 from tests.support import NOW, profile_text, write_bundle
 
 GIB = 1 << 30
@@ -358,63 +358,53 @@ def _write(path: Path, content: str | Callable[[Path], None]) -> None:
         content(path)
 
 
-@pytest.fixture(scope="module")
-def state() -> LabState:
-    return compliant_organization(NOW)
-
-
-@pytest.fixture(scope="module")
-def hostile(state: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileRuns]:
-    root = tmp_path_factory.mktemp("hostile")
-    intact = write_bundle(state, root / "intact")
+def launch(root: Path, launcher: Launcher) -> Batch:
+    """An intact and a damaged bundle, and every usage error, queued together (see conftest.py)."""
+    intact = write_bundle(compliant_organization(NOW), root / "intact")
     damaged = root / "damaged"
     shutil.copytree(intact, damaged)
     listener = Listener()
-    try:
-        for damage in DAMAGES:
-            damage.write(damaged / damage.file, listener.port)
-        profile = root / f"{PROFILE}.toml"
-        profile.write_text(SPN_PROFILE, encoding="utf-8")
-        processes: dict[str, tuple[SuiteProcess, Path]] = {
-            "intact": (
-                LimitedSuiteProcess(root / "run-intact", f"--profile={profile}", f"--evidence={intact}"),
-                intact,
-            ),
-            "damaged": (
-                LimitedSuiteProcess(root / "run-damaged", f"--profile={profile}", f"--evidence={damaged}"),
-                damaged,
-            ),
-        }
-        for case in USAGE:
-            folder = root / case.id
-            args = []
-            if case.profile is not None:
-                hostile_file = folder / f"{PROFILE}.toml"
-                _write(hostile_file, case.profile)
-                args.append(f"--profile={hostile_file}")
-            else:
-                args.append("--profile=demo")
-            if case.waivers is not None:
-                hostile_file = folder / "waivers.toml"
-                _write(hostile_file, case.waivers)
-                args.append(f"--waivers={hostile_file}")
-            if case.manifest is not None:
-                bundle = folder / "bundle"
-                shutil.copytree(intact, bundle)
-                hostile_file = bundle / "manifest.json"
-                _write(hostile_file, case.manifest)
-                args = [f"--profile={profile}", f"--evidence={bundle}"]
-            processes[case.id] = (LimitedSuiteProcess(folder / "run", *args), hostile_file)
-        finished = {name: (process.wait(), path) for name, (process, path) in processes.items()}
-    finally:
-        listener.stop()
-    yield HostileRuns(
-        intact=finished.pop("intact")[0],
-        damaged=finished.pop("damaged")[0],
-        damaged_bundle=damaged,
-        listener_connections=listener.connections,
-        usage=finished,
-    )
+    hostile_files: dict[str, Path] = {}
+
+    def finish(measured: dict[str, Measured]) -> HostileRuns:
+        usage = {case.id: (measured[case.id], hostile_files[case.id]) for case in USAGE}
+        return HostileRuns(measured["intact"], measured["damaged"], damaged, listener.connections, usage)
+
+    batch = Batch(finish, cleanups=[listener.stop])
+    for damage in DAMAGES:
+        damage.write(damaged / damage.file, listener.port)
+    profile = root / f"{PROFILE}.toml"
+    profile.write_text(SPN_PROFILE, encoding="utf-8")
+    for name, bundle in (("intact", intact), ("damaged", damaged)):
+        process = LimitedSuiteProcess(root / f"run-{name}", f"--profile={profile}", f"--evidence={bundle}")
+        batch.runs[name] = launcher.submit(process)
+    for case in USAGE:
+        folder = root / case.id
+        args = []
+        if case.profile is not None:
+            hostile_file = folder / f"{PROFILE}.toml"
+            _write(hostile_file, case.profile)
+            args.append(f"--profile={hostile_file}")
+        else:
+            args.append("--profile=demo")
+        if case.waivers is not None:
+            hostile_file = folder / "waivers.toml"
+            _write(hostile_file, case.waivers)
+            args.append(f"--waivers={hostile_file}")
+        if case.manifest is not None:
+            bundle = folder / "bundle"
+            shutil.copytree(intact, bundle)
+            hostile_file = bundle / "manifest.json"
+            _write(hostile_file, case.manifest)
+            args = [f"--profile={profile}", f"--evidence={bundle}"]
+        hostile_files[case.id] = hostile_file
+        batch.runs[case.id] = launcher.submit(LimitedSuiteProcess(folder / "run", *args))
+    return batch
+
+
+@pytest.fixture(scope="module")
+def hostile(launched: Callable[[str], Any]) -> HostileRuns:
+    return launched(__name__)  # type: ignore[no-any-return]
 
 
 # -- the tests ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from hybridtrust.facts import SHAREPOINT_ONLINE_APP_ID
 from hybridtrust.lab.contoso import CONTOSO_TENANT, flawed_contoso
 from hybridtrust.lab.server import Lab, start_lab
 from hybridtrust.sources.sharepoint import projection_functions
-from tests.reliability.support import LabTarget, Measured, run_measured
+from tests.reliability.support import Batch, LabTarget, Launcher, Measured, SuiteProcess
 from tests.report import browser
 
 FABRIKAM_TENANT = "3c9e7b21-6d4f-4a8e-b5c1-92f0d7e4a6b8"
@@ -97,24 +97,29 @@ class InjectedRun:
     counters: dict[str, Any]
 
 
+def launch(root: Path, launcher: Launcher) -> Batch:
+    """The lab of the hostile organization and its one run, queued with the other modules' (see conftest.py)."""
+    lab = start_lab(hostile_state())
+    batch = Batch(lambda measured: InjectedRun(measured["run"], lab, lab.counters()), labs=[lab])
+    profile = LabTarget(lab, root).external_profile(PROFILE)
+    text = profile.read_text(encoding="utf-8")
+    replacements = {
+        'name = "Contoso (lab)"': f"name = {json.dumps('Contoso ' + payload('organization'))}",
+        'test_mailbox = "oauth-probe@contoso.com"': f"test_mailbox = {json.dumps(MAILBOX)}",
+        'web_application = "https://sharepoint.contoso.com"': f"web_application = {json.dumps(WEB_APPLICATION)}",
+    }
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    profile.write_text(text, encoding="utf-8")
+    run = SuiteProcess(root / "run", f"--profile={profile}", "--profile=demo", "--connectivity")
+    batch.runs["run"] = launcher.submit(run)
+    return batch
+
+
 @pytest.fixture(scope="module")
-def injected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InjectedRun]:
-    root = tmp_path_factory.mktemp("injection")
-    with start_lab(hostile_state()) as lab:
-        target = LabTarget(lab, root)
-        profile = target.external_profile(PROFILE)
-        text = profile.read_text(encoding="utf-8")
-        replacements = {
-            'name = "Contoso (lab)"': f"name = {json.dumps('Contoso ' + payload('organization'))}",
-            'test_mailbox = "oauth-probe@contoso.com"': f"test_mailbox = {json.dumps(MAILBOX)}",
-            'web_application = "https://sharepoint.contoso.com"': f"web_application = {json.dumps(WEB_APPLICATION)}",
-        }
-        for old, new in replacements.items():
-            assert old in text, old
-            text = text.replace(old, new, 1)
-        profile.write_text(text, encoding="utf-8")
-        run = run_measured(root / "run", f"--profile={profile}", "--profile=demo", "--connectivity")
-        yield InjectedRun(run, lab, lab.counters())
+def injected(launched: Callable[[str], Any]) -> InjectedRun:
+    return launched(__name__)  # type: ignore[no-any-return]
 
 
 def test_the_run_judged_the_hostile_organization(injected: InjectedRun) -> None:

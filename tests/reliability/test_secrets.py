@@ -1,6 +1,6 @@
 """Secrets kept: no password, client secret, access token or private key of the lab in anything a run leaves.
 
-Three runs of the real suite against three labs, at once, each with DEBUG logging shown on
+Three runs of the real suite against three labs, queued together (conftest.py), each with DEBUG logging shown on
 the terminal (``-o log_cli=true --log-level=DEBUG``, captured): an audit that also saves
 its evidence bundle (``--save-evidence``), an audit whose Exchange password and Graph
 client secret are wrong (the refusals reach the report, the wrong values do not), and a
@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridtrust.lab.contoso import flawed_contoso
 from hybridtrust.lab.server import Lab, start_lab
-from tests.reliability.support import LabTarget, Measured, SuiteProcess, encoded_forms, find_secrets, record_run
+from tests.reliability.support import (
+    Batch,
+    LabTarget,
+    Launcher,
+    Measured,
+    SuiteProcess,
+    encoded_forms,
+    find_secrets,
+    record_run,
+)
 
 PROFILE = "secretive"
 DEBUG_LOG = ("-o", "log_cli=true", "--log-level=DEBUG")
@@ -77,42 +86,45 @@ def _record_tokens(lab: Lab, tokens: list[str]) -> None:
     lab.graph.mint_access_token = recording
 
 
-@pytest.fixture(scope="module")
-def secret_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SecretRun]]:
-    root = tmp_path_factory.mktemp("secrets")
+def launch(root: Path, launcher: Launcher) -> Batch:
+    """The three runs, each against its own lab, queued with the other modules' (see conftest.py)."""
     state = flawed_contoso(dt.datetime.now(dt.UTC))
-    labs: list[Lab] = []
-    started: dict[str, tuple[LabTarget, SuiteProcess, Path, list[str], dict[str, str]]] = {}
-    try:
-        for name in ("audit", "refused", "remediate"):
-            lab = start_lab(state.copy())
-            labs.append(lab)
-            tokens: list[str] = []
-            _record_tokens(lab, tokens)
-            # The profile (which names no secret) and the run's artifacts live apart: only the latter are searched.
-            target = LabTarget(lab, root / name / "profile")
-            profile = target.live_profile(PROFILE)
-            folder = root / name / "run"
-            env = target.env()
-            args = [f"--profile={profile}", *DEBUG_LOG]
-            extra: dict[str, str] = {}
-            if name == "audit":
-                args.append(f"--save-evidence={folder / 'evidence'}")
-            elif name == "refused":
-                env.update(HT_EXCHANGE_PASSWORD=WRONG_PASSWORD, HT_GRAPH_SECRET=WRONG_SECRET)
-                extra = {"wrong Exchange password": WRONG_PASSWORD, "wrong client secret": WRONG_SECRET}
-            else:
-                args.append("--remediate")
-            process = SuiteProcess(folder, *args, env=env)
-            started[name] = (target, process, folder, tokens, extra)
-        runs = {
-            name: SecretRun(target, process.wait(), folder, tokens, extra)
-            for name, (target, process, folder, tokens, extra) in started.items()
+    places: dict[str, tuple[LabTarget, Path, list[str], dict[str, str]]] = {}
+
+    def finish(measured: dict[str, Measured]) -> dict[str, SecretRun]:
+        return {
+            name: SecretRun(target, measured[name], folder, tokens, extra)
+            for name, (target, folder, tokens, extra) in places.items()
         }
-    finally:
-        for lab in labs:
-            lab.stop()
-    yield runs
+
+    batch = Batch(finish)
+    for name in ("audit", "refused", "remediate"):
+        lab = start_lab(state.copy())
+        batch.labs.append(lab)
+        tokens: list[str] = []
+        _record_tokens(lab, tokens)
+        # The profile (which names no secret) and the run's artifacts live apart: only the latter are searched.
+        target = LabTarget(lab, root / name / "profile")
+        profile = target.live_profile(PROFILE)
+        folder = root / name / "run"
+        env = target.env()
+        args = [f"--profile={profile}", *DEBUG_LOG]
+        extra: dict[str, str] = {}
+        if name == "audit":
+            args.append(f"--save-evidence={folder / 'evidence'}")
+        elif name == "refused":
+            env.update(HT_EXCHANGE_PASSWORD=WRONG_PASSWORD, HT_GRAPH_SECRET=WRONG_SECRET)
+            extra = {"wrong Exchange password": WRONG_PASSWORD, "wrong client secret": WRONG_SECRET}
+        else:
+            args.append("--remediate")
+        batch.runs[name] = launcher.submit(SuiteProcess(folder, *args, env=env))
+        places[name] = (target, folder, tokens, extra)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def secret_runs(launched: Callable[[str], Any]) -> dict[str, SecretRun]:
+    return launched(__name__)  # type: ignore[no-any-return]
 
 
 def test_the_secret_search_finds_what_it_looks_for() -> None:

@@ -1,7 +1,7 @@
 """TLS: verification is on unless a profile turns it off, and a run with it off says so.
 
 Two runs of the real suite against one lab (whose certificates come from its own CA, which
-no system trusts), at once:
+no system trusts), queued together (conftest.py):
 
 - a profile that does not name the lab's CA (no ``ca_file``): every endpoint fails with a
   certificate error naming it (Exchange, SharePoint and the Entra ID sign-in), and the run
@@ -15,32 +15,37 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from html import unescape
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hybridtrust.lab.contoso import flawed_contoso
 from hybridtrust.lab.server import start_lab
-from tests.reliability.support import LabTarget, Measured, SuiteProcess, record_run
+from tests.reliability.support import Batch, LabTarget, Launcher, Measured, SuiteProcess, record_run
 
 PROFILE = "tls"
 
 
+def launch(root: Path, launcher: Launcher) -> Batch:
+    """Both runs against one lab, queued with the other modules' (see conftest.py)."""
+    lab = start_lab(flawed_contoso(dt.datetime.now(dt.UTC)))
+    target = LabTarget(lab, root / "profiles")
+    batch = Batch(lambda measured: (target, measured), labs=[lab])
+    untrusted = LabTarget(lab, root / "untrusted").live_profile(PROFILE, trust_lab_ca=False)
+    unverified = LabTarget(lab, root / "unverified").live_profile(
+        PROFILE, exchange="verify_tls = false", sharepoint="verify_tls = false"
+    )
+    for name, profile in (("untrusted", untrusted), ("unverified", unverified)):
+        batch.runs[name] = launcher.submit(SuiteProcess(root / name / "run", f"--profile={profile}", env=target.env()))
+    return batch
+
+
 @pytest.fixture(scope="module")
-def tls_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabTarget, dict[str, Measured]]]:
-    root = tmp_path_factory.mktemp("tls")
-    with start_lab(flawed_contoso(dt.datetime.now(dt.UTC))) as lab:
-        target = LabTarget(lab, root / "profiles")
-        untrusted = LabTarget(lab, root / "untrusted").live_profile(PROFILE, trust_lab_ca=False)
-        unverified = LabTarget(lab, root / "unverified").live_profile(
-            PROFILE, exchange="verify_tls = false", sharepoint="verify_tls = false"
-        )
-        processes = {
-            "untrusted": SuiteProcess(root / "untrusted" / "run", f"--profile={untrusted}", env=target.env()),
-            "unverified": SuiteProcess(root / "unverified" / "run", f"--profile={unverified}", env=target.env()),
-        }
-        yield target, {name: process.wait() for name, process in processes.items()}
+def tls_runs(launched: Callable[[str], Any]) -> tuple[LabTarget, dict[str, Measured]]:
+    return launched(__name__)  # type: ignore[no-any-return]
 
 
 def test_an_endpoint_whose_ca_is_not_named_fails_with_a_certificate_error(
