@@ -278,6 +278,16 @@ def _resolve_symptoms(texts: list[str]) -> tuple[set[str] | None, list[str]]:
     return selected, lines
 
 
+def pytest_collection(session: pytest.Session) -> None:
+    suite = _suite(session.config)
+    if suite is not None and not _is_xdist_worker(session.config):
+        # Several live organizations: collected side by side while pytest imports the tests (after
+        # pytest_sessionstart, where --rollback runs first). Returns None: pytest collects as usual.
+        from hybridtrust.audit import collect_concurrently
+
+        collect_concurrently(suite.audits)
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if _suite(config) is None and COMPLIANCE_TESTS in (collection_path, *collection_path.parents):
         return True
