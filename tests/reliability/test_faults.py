@@ -458,7 +458,8 @@ def test_a_long_retry_after_is_not_waited_for(state: LabState) -> None:
         started = dt.datetime.now(dt.UTC)
         result = graph.collect([graph.TenantRequest(tenant, spec)], endpoints)[tenant]
         elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
-    assert elapsed < GRAPH_TIMEOUT_S
+    # Not 3 x 120 s: the first answer stands (about a second alone; the bound leaves room for a loaded machine).
+    assert elapsed < 30, elapsed
     reason = str(result.errors["organization"])
     assert "Graph answered 429 TooManyRequests" in reason and "Still 429 after 0 retries" in reason, reason
     assert "Graph asked to wait 120 s more" in reason, reason
