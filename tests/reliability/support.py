@@ -232,12 +232,22 @@ class Launcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                self._running = [process for process in self._running if not process.poll()]
+                self._running = [process for process in self._running if not self._step(process, process.poll)]
                 while self._pending and len(self._running) < self.limit:
                     process = self._pending.popleft()
-                    process.start()
-                    self._running.append(process)
+                    if not self._step(process, process.start):
+                        self._running.append(process)
             time.sleep(0.02)
+
+    @staticmethod
+    def _step(process: SuiteProcess, action: Callable[[], Any]) -> bool:
+        """Run one step of a run; a step that raises ends that run with the error (never the launcher)."""
+        try:
+            return bool(action())
+        except Exception as error:
+            process.result = AssertionError(f"{process.workdir}: {type(error).__name__}: {error}")
+            process.done.set()
+            return True
 
     def close(self) -> None:
         self._stop.set()
