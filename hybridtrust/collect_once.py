@@ -49,6 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="hybridtrust-collections-"))
     config.stash[_FOLDER_KEY] = folder
+    from hybridtrust.audit import collect_concurrently
+
+    collect_concurrently(suite.audits)  # several live organizations side by side; the loop waits for each
     for audit in suite.audits:
         if audit.mode == "evidence":
             continue
