@@ -61,7 +61,10 @@ class Audit:
         else:
             from hybridtrust.sources.live import collect_live
 
-            collection = collect_live(self.profile, connectivity=self.connectivity)
+            # Each record's CLIXML as sent is kept only when it is to be saved (80 MB at 1,000 servers).
+            collection = collect_live(
+                self.profile, connectivity=self.connectivity, keep_clixml=self.save_evidence is not None
+            )
             if self.save_evidence is not None:
                 from hybridtrust.sources.save import save_evidence_bundle
 

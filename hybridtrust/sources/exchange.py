@@ -132,11 +132,14 @@ def collect_exchange(
     settings: RemotingSettings | SettingsError,
     *,
     early: Callable[[str, list[PSRecord] | None], None] | None = None,
+    keep_clixml: bool = True,
 ) -> ExchangeDocuments:
     """Every Exchange document of the organization; never raises (failures become `Missing`).
 
     `early` hears each organization-wide cmdlet's records (None if it failed) as soon as they
     arrive, from a collection thread: the live source starts Graph once Get-AuthServer answered.
+    `keep_clixml`: remember each record's CLIXML as the server sent it (`remoting.original_clixml`),
+    which only --save-evidence reads.
     """
     uri = settings.uri if isinstance(settings, RemotingSettings) else "the profile's [exchange] uri"
     documents = ExchangeDocuments(uri=uri)
@@ -145,7 +148,7 @@ def collect_exchange(
         return documents
     documents.notes.extend(settings.notes())
     try:
-        _collect(settings, documents, early)
+        _collect(settings, documents, early, keep_clixml)
     except Exception as error:  # fail closed: an unexpected failure is "not collected", never a crash or a pass
         log.debug("exchange source failed", exc_info=True)
         reason = scrub(
@@ -165,6 +168,7 @@ def _collect(
     settings: RemotingSettings,
     documents: ExchangeDocuments,
     early: Callable[[str, list[PSRecord] | None], None] | None = None,
+    keep_clixml: bool = True,
 ) -> None:
     try:
         # One pool first: whether Exchange answers at all (and why not) is known before any thread starts.
@@ -191,6 +195,7 @@ def _collect(
         pools=settings.max_concurrency,
         follow_up=follow_up,
         opener=lambda: open_pool(settings, 1, raw_output=True),
+        remember=keep_clixml,
     )
     documents.pipelines = len(outcomes)
     _file(documents, settings, outcomes)

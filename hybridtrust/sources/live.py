@@ -262,14 +262,22 @@ def _unreachable(profile: Profile, reason: str) -> LiveConnections:
 
 
 # -- collecting ----------------------------------------------------------------------------------------
-def collect_live(profile: Profile, *, connectivity: bool = False) -> Collection:
-    """Everything the requirement tests need about one organization, from the live systems."""
+def collect_live(profile: Profile, *, connectivity: bool = False, keep_clixml: bool = True) -> Collection:
+    """Everything the requirement tests need about one organization, from the live systems.
+
+    `keep_clixml`: keep each Exchange record's CLIXML as sent, for --save-evidence only.
+    """
     connections = _lab_profile_connections(profile) if profile.lab is not None else profile_connections(profile)
-    return collect_with(profile, connections, connectivity=connectivity)
+    return collect_with(profile, connections, connectivity=connectivity, keep_clixml=keep_clixml)
 
 
 def collect_with(
-    profile: Profile, connections: LiveConnections, *, now: dt.datetime | None = None, connectivity: bool = False
+    profile: Profile,
+    connections: LiveConnections,
+    *,
+    now: dt.datetime | None = None,
+    connectivity: bool = False,
+    keep_clixml: bool = True,
 ) -> Collection:
     collection = Collection(
         source="live", origin=connections.origin, collected_at=(now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
@@ -298,7 +306,7 @@ def collect_with(
                 answered.set()
 
         background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridtrust-exchange")
-        exchange = background.submit(collect_exchange, settings, early=early)
+        exchange = background.submit(collect_exchange, settings, early=early, keep_clixml=keep_clixml)
         background.shutdown(wait=False)
         while not answered.wait(0.05) and not exchange.done():
             pass

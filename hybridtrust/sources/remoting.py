@@ -269,7 +269,7 @@ def original_clixml(record: PSRecord) -> str | None:
     return _ORIGINAL_CLIXML.get(id(record))
 
 
-def output_record(value: Any, where: str) -> PSRecord:
+def output_record(value: Any, where: str, *, remember: bool = True) -> PSRecord:
     """One pipeline output object as a `PSRecord`.
 
     pypsrp's own deserializer is not used for the values: it returns Exchange's
@@ -294,7 +294,8 @@ def output_record(value: Any, where: str) -> PSRecord:
         else:
             raise ClixmlError(f"{where}: an output object of type {type(value).__name__} cannot be read")
     record = parse_psrp_object(xml, where)
-    remember_clixml(record, xml)
+    if remember:  # for --save-evidence: 80 MB of text an audit of 1,000 servers need not keep otherwise
+        remember_clixml(record, xml)
     return record
 
 
@@ -476,7 +477,13 @@ def run_commands(
 
 
 def _finish(
-    command: Command, shell: PowerShell, deadline: float, settings: RemotingSettings, clock: Callable[[], float]
+    command: Command,
+    shell: PowerShell,
+    deadline: float,
+    settings: RemotingSettings,
+    clock: Callable[[], float],
+    *,
+    remember: bool = True,
 ) -> Outcome:
     while shell.state == PSInvocationState.RUNNING:
         remaining = deadline - clock()
@@ -497,7 +504,7 @@ def _finish(
         return Outcome(error=f"the pipeline ended in state {PSInvocationState(shell.state)} without an error record")
     where = f"{command.cmdlet} on {settings.uri}"
     try:
-        return Outcome(records=[output_record(value, where) for value in shell.output])
+        return Outcome(records=[output_record(value, where, remember=remember) for value in shell.output])
     except ClixmlError as error:
         return Outcome(error=str(error))
 
@@ -511,6 +518,7 @@ def run_commands_on_pools(
     follow_up: Callable[[Command, Outcome], Iterable[Command]] | None = None,
     opener: Callable[[], RunspacePool] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    remember: bool = True,
 ) -> dict[str, Outcome]:
     """Run every command with up to `pools` runspace pools, one thread and one connection each.
 
@@ -535,7 +543,7 @@ def run_commands_on_pools(
     cause, as `run_commands` does. Every pool is closed before this returns.
     """
     limit = max(1, pools or settings.max_concurrency)
-    work = _PoolWork(settings, limit, follow_up, opener, clock)
+    work = _PoolWork(settings, limit, follow_up, opener, clock, remember)
     work.submit(commands)
     work.start(pool)
     return work.wait()
@@ -551,8 +559,11 @@ class _PoolWork:
         follow_up: Callable[[Command, Outcome], Iterable[Command]] | None,
         opener: Callable[[], RunspacePool] | None,
         clock: Callable[[], float],
+        remember: bool = True,
     ) -> None:
         self.settings = settings
+        self.remember = remember
+        """Keep each record's CLIXML (`original_clixml`), which only --save-evidence reads."""
         self.limit = limit if opener is not None else 1
         self.follow_up = follow_up
         self.opener = opener
@@ -645,7 +656,7 @@ class _PoolWork:
                     return
             while (command := self._take()) is not None:
                 try:
-                    outcome, lost = _run_one(pool, command, self.settings, self.clock)
+                    outcome, lost = _run_one(pool, command, self.settings, self.clock, remember=self.remember)
                 except Exception as error:  # fail closed: a surprise is this command's error, never a hang
                     log.debug("pipeline %s failed", command.key, exc_info=True)
                     words = scrub(f"{type(error).__name__}: {error}", self.settings.secrets)
@@ -659,13 +670,19 @@ class _PoolWork:
 
 
 def _run_one(
-    pool: RunspacePool, command: Command, settings: RemotingSettings, clock: Callable[[], float]
+    pool: RunspacePool,
+    command: Command,
+    settings: RemotingSettings,
+    clock: Callable[[], float],
+    *,
+    remember: bool = True,
 ) -> tuple[Outcome, str | None]:
     """One pipeline, begun and collected: its outcome, and the cause if the connection was lost."""
     shell = command.pipeline(pool)
     try:
         shell.begin_invoke()
-        return _finish(command, shell, clock() + settings.operation_timeout, settings, clock), None
+        deadline = clock() + settings.operation_timeout
+        return _finish(command, shell, deadline, settings, clock, remember=remember), None
     except CONNECTION_ERRORS as error:
         lost = describe_transport_error(error, settings)
         return Outcome(error=lost), lost
