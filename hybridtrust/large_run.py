@@ -23,11 +23,13 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import os
+import types
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest import fixtures
 
 from hybridtrust.report_files import PAGE_STYLE, _result_row, _write_text, profile_junit
 from hybridtrust.report_html import STYLE, organization_summary
@@ -71,6 +73,42 @@ def _take_over(config: pytest.Config, tests: int) -> None:
         del config.stash[xml_key]
         taken["junit"] = Path(xml.logfile)
     config.stash[_TAKEN_KEY] = taken
+
+
+# -- pytest's per-test fixture bookkeeping ---------------------------------------------------------
+# Every test with a direct parameter (each requirement test has two) makes pytest build a fixture
+# definition for `request` around a lambda without parameters, and building one asks inspect.signature
+# for that lambda's parameters: an eighth of the test phase of a 16,000-test run. A plain function
+# without parameters has no argument names whatever inspect says, so that answer is given at once;
+# every other function is asked as before. In place only while an audit runs (pytest_configure to
+# pytest_unconfigure).
+def _argnames_without_inspecting(original: Any) -> Any:
+    def getfuncargnames(function: Any, *, name: str = "", cls: type | None = None) -> tuple[str, ...]:
+        code = getattr(function, "__code__", None)
+        if (
+            isinstance(function, types.FunctionType)
+            and code is not None
+            and code.co_argcount == 0
+            and code.co_kwonlyargcount == 0
+            and not hasattr(function, "__wrapped__")
+            and not hasattr(function, "__signature__")
+        ):
+            return ()
+        return original(function, name=name, cls=cls)
+
+    getfuncargnames.original = original  # type: ignore[attr-defined]
+    return getfuncargnames
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _suite(config) is not None and not hasattr(fixtures.getfuncargnames, "original"):
+        fixtures.getfuncargnames = _argnames_without_inspecting(fixtures.getfuncargnames)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    original = getattr(fixtures.getfuncargnames, "original", None)
+    if original is not None:
+        fixtures.getfuncargnames = original
 
 
 @pytest.hookimpl(trylast=True)
