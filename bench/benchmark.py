@@ -453,6 +453,9 @@ def scale_table(scale: ScaleOut) -> str:
             f"{scale.live_serial_s:.1f} | {scale.live_xdist_s:.1f} | {scale.live_speedup:.2f}x |",
             f"| {scale.organizations} x {scale.servers} x {scale.tenants} | {scale.tests} | evidence | "
             f"{scale.evidence_serial_s:.1f} | {scale.evidence_xdist_s:.1f} | {scale.evidence_speedup:.2f}x |",
+            "",
+            f"results documents of -n {scale.workers} identical to the serial run's (outcomes and messages): "
+            f"{scale.identical_documents}",
         ]
     )
 
