@@ -290,11 +290,12 @@ class Gate:
                     self.history_paths[name] = history.keep(self.reports, name, self.suite.stamp, document)
                 except OSError as error:
                     results.notes.append(f"the run could not be kept in the history: {error}")
-            runs = [doc for path, doc in history.recent(self.reports, name) if path != self.history_paths.get(name)]
-            trend_docs = [*runs[-(history.TREND_RUNS - 1) :], document]
+            earlier = history.trend(
+                self.reports, name, exclude=self.history_paths.get(name), limit=history.TREND_RUNS - 1
+            )
             previous = self.previous.get(name)
             self.extras[name] = ProfileExtras(
-                trend=[history.run_point(doc) for doc in trend_docs],
+                trend=[*earlier, history.run_point(document)],
                 previous=compare(self._documents(results), previous[1], str(previous[0])) if previous else None,
                 baseline=self.comparisons.get(name),
                 history_folder=str(history.folder(self.reports, name)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,48 @@ def keep(reports: Path, profile: str, stamp: str, document: dict[str, Any]) -> P
         number += 1
         path = directory / f"{stamp}-{number}.json"
     write_json(path, document)
+    # The trend needs a handful of numbers per run, not the run's ten thousand results: keep them
+    # beside the document so a scheduled audit of a large estate does not re-read 20 full documents.
+    write_json(_point_path(path), asdict(run_point(document)))
     return path
+
+
+def _point_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.trend.json")  # not a run file: its stem does not match _NAME
+
+
+def _read_point(path: Path) -> RunPoint | None:
+    try:
+        data = json.loads(_point_path(path).read_text(encoding="utf-8"))
+        return RunPoint(
+            str(data["started"]),
+            {str(k): int(v) for k, v in data["passed"].items()},
+            {str(k): int(v) for k, v in data["failed"].items()},
+            {str(k): int(v) for k, v in data["errored"].items()},
+            int(data["waived"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def trend(reports: Path, profile: str, *, exclude: Path | None = None, limit: int = TREND_RUNS) -> list[RunPoint]:
+    """The trend points of the last `limit` kept runs (but `exclude`), oldest first.
+
+    Each point comes from its small side file; a run kept before side files existed (or whose
+    side file is damaged) is read whole once.
+    """
+    points: list[RunPoint] = []
+    for path in reversed(run_files(reports, profile)):
+        if path == exclude:
+            continue
+        point = _read_point(path)
+        if point is None and (document := read_run(path, profile)) is not None:
+            point = run_point(document)
+        if point is not None:
+            points.append(point)
+            if len(points) == limit:
+                break
+    return list(reversed(points))
 
 
 def recent(reports: Path, profile: str, limit: int = TREND_RUNS) -> list[tuple[Path, dict[str, Any]]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hybridtrust import history
 from hybridtrust.baseline import BaselineError, compare, load_results_document
 from hybridtrust.lab.state import LabState
 from tests.support import SuiteRun, write_profile
@@ -81,7 +82,7 @@ def test_the_change_window_gate(
     # Before the change window: one known failure. This run is the baseline.
     before = run(_with(compliant_state, _sfb_visible))
     assert before.status == 1 and before.results["contoso"]["baseline"] is None
-    kept = sorted((before.reports / "history" / "contoso").glob("*.json"))
+    kept = history.run_files(before.reports, "contoso")  # the run documents, not their trend side files
     assert len(kept) == 1 and json.loads(kept[0].read_text())["summary"] == before.results["contoso"]["summary"]
 
     # After it: the old failure is still there, nothing new: the gate opens.

@@ -48,6 +48,19 @@ def test_history_files_are_ordered_and_never_overwritten(tmp_path: Path) -> None
     assert [path for path, _ in history.recent(tmp_path, "contoso", limit=2)] == [second, later]
 
 
+def test_the_trend_reads_small_side_files_and_falls_back_to_whole_documents(tmp_path: Path) -> None:
+    failing = ("A", "EX01", "failed", "high")
+    old = history.keep(tmp_path, "contoso", "20261124T060000Z", _document("2026-11-24T06:00:00+00:00", failing))
+    new = history.keep(tmp_path, "contoso", "20261124T070000Z", _document("2026-11-24T07:00:00+00:00", failing))
+    history._point_path(old).unlink()  # a run kept before side files existed: read whole
+    # The side file is what the trend reads: the full document is not opened again.
+    new.write_text(json.dumps(_document("2026-11-24T07:00:00+00:00")))
+    points = history.trend(tmp_path, "contoso")
+    assert [p.failed for p in points] == [{"high": 1}, {"high": 1}]
+    assert history.trend(tmp_path, "contoso", exclude=new) == points[:1]
+    assert history.run_files(tmp_path, "contoso") == [old, new]  # side files are not runs
+
+
 def test_the_trend_chart_is_well_formed_svg_with_a_bar_per_run() -> None:
     points = [
         RunPoint("2026-11-20T06:00:00+00:00", passed={"high": 30}, failed={"critical": 2, "medium": 1}),

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hybridtrust import history
 from hybridtrust.facts import FIRST_PARTY_APP_IDS
 from tests.collector.powershell_paths import Script, syntax_problems
 from tests.support import REPOSITORY
@@ -63,7 +64,7 @@ def test_the_cron_job_runs_the_audit(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]  # the demo organization has defects
     assert (reports / "demo-latest.html").is_file() and (reports / "demo-latest.xml").is_file()
     assert json.loads((reports / "demo-latest.json").read_text())["exit_status"] == 1
-    [kept] = (reports / "history" / "demo").glob("*.json")
+    [kept] = history.run_files(reports, "demo")  # the run's document (its .trend.json side file aside)
     # The pruning line keeps what is younger than its age limit.
     prune_here = " ".join(prune.split()[6:]).replace(f"{STATE}/reports", str(reports))
     subprocess.run(["sh", "-c", prune_here], check=True, timeout=60)
