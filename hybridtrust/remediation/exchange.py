@@ -35,10 +35,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.powershell import RunspacePool
 
 from hybridtrust.facts import AUTHENTICATION_FLAGS, VIRTUAL_DIRECTORY_CMDLETS
 from hybridtrust.powershell import PSRecord
+from hybridtrust.remediation.sharepoint import STS_PROBE, StatementError, send_statement
 from hybridtrust.sources.remoting import (
     REMOTING_ERRORS,
     Command,
@@ -49,7 +50,6 @@ from hybridtrust.sources.remoting import (
     describe_transport_error,
     open_pool,
     run_commands,
-    scrub,
 )
 
 SNAP_IN = "Microsoft.SharePoint.PowerShell"
@@ -81,14 +81,6 @@ PROBE_PROPERTIES: dict[str, tuple[str, ...] | None] = {
     "Get-SPServiceApplicationProxy": ("Name", "MetadataEndpointUri"),
     "Get-SPAppPrincipal": ("NameIdentifier", "DisplayName"),
 }
-
-STS_PROBE = "(Get-SPSecurityTokenServiceConfig).AllowOAuthOverHttp"
-
-
-def sts_toggle_script(allow: bool) -> str:
-    """S4's statement; the only text ever sent as a script, built from a boolean."""
-    value = "$true" if allow else "$false"
-    return f"$c = Get-SPSecurityTokenServiceConfig; $c.AllowOAuthOverHttp = {value}; $c.Update()"
 
 
 # -- values ---------------------------------------------------------------------------------------------
@@ -301,20 +293,6 @@ class EndpointError(Exception):
     """An endpoint that cannot be reached or read; the message carries the server's words."""
 
 
-def _error_words(record: Any) -> str:
-    exception = getattr(record, "exception", None)
-    properties = getattr(exception, "adapted_properties", None)
-    for candidate in (
-        properties.get("Message") if isinstance(properties, dict) else None,
-        getattr(exception, "to_string", None),
-        getattr(record, "message", None),
-        str(record),
-    ):
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip().splitlines()[0]
-    return "an error without a message"
-
-
 class PowerShellEndpoint:
     """One runspace on one endpoint, opened on first use, used one command at a time.
 
@@ -382,19 +360,10 @@ class PowerShellEndpoint:
             raise EndpointError("statements are only ever sent to SharePoint; Exchange's endpoint is NoLanguage")
         pool = self._open()
         assert isinstance(self.settings, RemotingSettings)
-        shell = PowerShell(pool).add_script(text)
         try:
-            output = shell.invoke()
-        except REMOTING_ERRORS as error:
-            raise EndpointError(
-                f"{text} on {self.settings.uri}: {describe_transport_error(error, self.settings)}"
-            ) from None
-        errors = list(shell.streams.error)
-        if errors:
-            raise EndpointError(
-                f"{text} on {self.settings.uri}: {scrub(_error_words(errors[0]), self.settings.secrets)}"
-            )
-        return list(output or [])
+            return send_statement(pool, self.settings, text)
+        except StatementError as error:
+            raise EndpointError(str(error)) from None
 
     def read_sts(self) -> bool | None:
         output = self.statement(STS_PROBE)

@@ -37,17 +37,16 @@ from hybridtrust.facts import (
 )
 from hybridtrust.matching import normalise_url
 from hybridtrust.remediation.exchange import (
-    STS_PROBE,
     cmdlet_target,
     command_text,
     planned_value,
     probe,
     restored_value,
-    sts_toggle_script,
     undo_command,
 )
 from hybridtrust.remediation.graph import describe_items, item_key, merged
 from hybridtrust.remediation.model import Change, Failure, NoFix
+from hybridtrust.remediation.sharepoint import STS_PROBE, sts_toggle_script
 
 Planner = Callable[[Failure], list[Change]]
 PLANNERS: dict[str, Planner] = {}
@@ -389,7 +388,7 @@ def _exchange_online_partner(failure: Failure) -> list[Change]:
 @planner("SFB-PARTNERAPP")
 def _skype_partner(failure: Failure) -> list[Change]:
     org = failure.organization
-    account = next((user for user in org.mail_users if user.known_as(SFB_ACCOUNT)), None)
+    account = org.skype_application_account()
     partner = org.partner_application(SKYPE_ONLINE_APP_ID)
     link = None
     if partner is not None and (account is None or not account.known_as(partner.linked_account)):
@@ -422,9 +421,8 @@ def _role_assignments(failure: Failure, account: Any, roles: Iterable[str]) -> l
 @planner("EXO-APPACCOUNT")
 def _exchange_online_roles(failure: Failure) -> list[Change]:
     org = failure.organization
-    partner = org.partner_application(EXCHANGE_ONLINE_APP_ID)
-    reference = partner.linked_account if partner and partner.linked_account else "Exchange Online-ApplicationAccount"
-    account = next((user for user in org.users if user.known_as(reference)), None)
+    reference = org.exchange_application_account_name
+    account = org.exchange_application_account()
     if account is None:
         raise NoFix(f"the account {reference} does not exist: rerun the Hybrid Configuration Wizard, which creates it")
     held = org.roles_of(account)
@@ -434,7 +432,7 @@ def _exchange_online_roles(failure: Failure) -> list[Change]:
 @planner("SFB-ROLES")
 def _skype_roles(failure: Failure) -> list[Change]:
     org = failure.organization
-    account = next((user for user in org.mail_users if user.known_as(SFB_ACCOUNT)), None)
+    account = org.skype_application_account()
     if account is None:
         raise NoFix(f"the mail user {SFB_ACCOUNT} does not exist (S1 step 3 creates it)")
     held = org.roles_of(account)
@@ -444,7 +442,7 @@ def _skype_roles(failure: Failure) -> list[Change]:
 @planner("SFB-APPACCOUNT")
 def _skype_account_hidden(failure: Failure) -> list[Change]:
     org = failure.organization
-    account = next((user for user in org.mail_users if user.known_as(SFB_ACCOUNT)), None)
+    account = org.skype_application_account()
     if account is None:
         raise NoFix(f"the mail user {SFB_ACCOUNT} does not exist: New-MailUser (S1 step 3), by hand")
     return [
