@@ -30,6 +30,8 @@ EXCHANGE_ONLINE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 SHAREPOINT_ONLINE_APP_ID = "00000003-0000-0ff1-ce00-000000000000"
 SKYPE_ONLINE_APP_ID = "00000004-0000-0ff1-ce00-000000000000"
 ACS_ISSUER_ID = "00000001-0000-0000-c000-000000000000"
+EXCHANGE_APPLICATION_ACCOUNT = "Exchange Online-ApplicationAccount"
+SKYPE_APPLICATION_ACCOUNT = "SfBOnline-ApplicationAccount"
 FIRST_PARTY_APP_IDS = (EXCHANGE_ONLINE_APP_ID, SHAREPOINT_ONLINE_APP_ID, SKYPE_ONLINE_APP_ID)
 
 
@@ -1197,6 +1199,18 @@ class Organization:
             (app for app in self.partner_applications if app.application_identifier == app_id and not app.realm),
             None,
         )
+
+    # The accounts the partner applications act as (S0, S1): one lookup, shared by checks and fixes.
+    @property
+    def exchange_application_account_name(self) -> str:
+        partner = self.partner_application(EXCHANGE_ONLINE_APP_ID)
+        return partner.linked_account if partner and partner.linked_account else EXCHANGE_APPLICATION_ACCOUNT
+
+    def exchange_application_account(self) -> Account | None:
+        return next((u for u in self.users if u.known_as(self.exchange_application_account_name)), None)
+
+    def skype_application_account(self) -> Account | None:
+        return next((u for u in self.mail_users if u.known_as(SKYPE_APPLICATION_ACCOUNT)), None)
 
     @property
     def dedicated_hybrid_app_enabled(self) -> bool:

@@ -131,9 +131,8 @@ def test_the_exchange_online_partner_application_is_enabled(org: Organization) -
 
 @requirement("EXO-APPACCOUNT", over=subjects.organization)
 def test_the_exchange_online_application_account_holds_its_roles(org: Organization) -> None:
-    partner = org.partner_application(EXCHANGE_ONLINE_APP_ID)
-    reference = partner.linked_account if partner and partner.linked_account else "Exchange Online-ApplicationAccount"
-    account = next((user for user in org.users if user.known_as(reference)), None)
+    reference = org.exchange_application_account_name
+    account = org.exchange_application_account()
     assert account is not None, failure(
         f'The Exchange Online application account {reference} does not exist: "The application is missing a '
         'linked account for RBAC roles"',

@@ -14,6 +14,7 @@ from hybridtrust import subjects
 from hybridtrust.checks import assert_certificate_published
 from hybridtrust.facts import (
     EXCHANGE_ONLINE_APP_ID,
+    SKYPE_APPLICATION_ACCOUNT,
     SKYPE_ONLINE_APP_ID,
     Account,
     Organization,
@@ -22,7 +23,7 @@ from hybridtrust.facts import (
 from hybridtrust.matching import normalise_url
 from hybridtrust.testing import failure, listing, requirement
 
-APPLICATION_ACCOUNT = "SfBOnline-ApplicationAccount"
+APPLICATION_ACCOUNT = SKYPE_APPLICATION_ACCOUNT
 ROLES = ("UserApplication", "ArchiveApplication")
 
 
@@ -35,7 +36,7 @@ def _skype_online_in(tenant: Tenant) -> None:
 
 
 def _application_account(org: Organization) -> Account | None:
-    return next((user for user in org.mail_users if user.known_as(APPLICATION_ACCOUNT)), None)
+    return org.skype_application_account()
 
 
 @requirement("SFB-AUTHSERVER", over=subjects.tenants)

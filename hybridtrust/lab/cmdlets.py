@@ -132,37 +132,43 @@ def command_not_found(name: str) -> CmdletError:
     )
 
 
-def parameter_not_found(cmdlet: str, parameter: str) -> CmdletError:
+def _binding_error(message: str, reason: str, cmdlet: str, parameter: str) -> CmdletError:
+    # PowerShell's parameter binder: one exception type, the reason in the FullyQualifiedErrorId.
     return CmdletError(
-        f"A parameter cannot be found that matches parameter name '{parameter}'.",
-        error_id=f"NamedParameterNotFound,{cmdlet}",
+        message,
+        error_id=f"{reason},{cmdlet}",
         category="InvalidArgument",
         exception_type=f"{_PS}.ParameterBindingException",
         target=parameter,
         terminating=True,
+    )
+
+
+def parameter_not_found(cmdlet: str, parameter: str) -> CmdletError:
+    return _binding_error(
+        f"A parameter cannot be found that matches parameter name '{parameter}'.",
+        "NamedParameterNotFound",
+        cmdlet,
+        parameter,
     )
 
 
 def _ambiguous_parameter(cmdlet: str, parameter: str, matches: list[str]) -> CmdletError:
-    return CmdletError(
+    return _binding_error(
         f"Parameter cannot be processed because the parameter name '{parameter}' is ambiguous. "
         f"Possible matches include: {' '.join('-' + m for m in matches)}.",
-        error_id=f"AmbiguousParameter,{cmdlet}",
-        category="InvalidArgument",
-        exception_type=f"{_PS}.ParameterBindingException",
-        target=parameter,
-        terminating=True,
+        "AmbiguousParameter",
+        cmdlet,
+        parameter,
     )
 
 
 def _missing_parameter(cmdlet: str, parameter: str) -> CmdletError:
-    return CmdletError(
+    return _binding_error(
         f"Cannot process command because of one or more missing mandatory parameters: {parameter}.",
-        error_id=f"MissingMandatoryParameter,{cmdlet}",
-        category="InvalidArgument",
-        exception_type=f"{_PS}.ParameterBindingException",
-        target=parameter,
-        terminating=True,
+        "MissingMandatoryParameter",
+        cmdlet,
+        parameter,
     )
 
 
