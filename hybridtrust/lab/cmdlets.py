@@ -29,6 +29,7 @@ the Graph side of the lab at once.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import uuid
@@ -320,14 +321,21 @@ def _management_server(state: LabState) -> str:
     return "localhost"
 
 
+@functools.cache
+def _accepted_lowercase(cmdlet: _Cmdlet, endpoint: Endpoint) -> tuple[tuple[str, str], ...]:
+    """The parameter names a cmdlet accepts, each with its lowercase form (made once: every command binds)."""
+    return tuple((name, name.lower()) for name in cmdlet.accepted(endpoint))
+
+
 def _bind(cmdlet: _Cmdlet, endpoint: Endpoint, raw: Mapping[str, Any]) -> dict[str, Any]:
     """PowerShell's parameter binding: exact or unique-prefix names, case-insensitive."""
-    accepted = cmdlet.accepted(endpoint)
+    accepted = _accepted_lowercase(cmdlet, endpoint)
     bound: dict[str, Any] = {}
     for given, value in raw.items():
         key = given.lstrip("-")
-        exact = [name for name in accepted if name.lower() == key.lower()]
-        matches = exact or [name for name in accepted if name.lower().startswith(key.lower())]
+        wanted = key.lower()
+        exact = [name for name, lower in accepted if lower == wanted]
+        matches = exact or [name for name, lower in accepted if lower.startswith(wanted)]
         if not matches:
             raise parameter_not_found(cmdlet.name, key)
         if len(matches) > 1:
@@ -419,6 +427,35 @@ def _get(noun: str) -> Handler:
     return handler
 
 
+def _servers_named(state: LabState, text: str) -> list[dict[str, Any]]:
+    """The Exchange servers whose Name or Fqdn is ``text`` (case-insensitive), in the state's order."""
+    servers = state.objects("ExchangeServer")
+    index = state.derived("ExchangeServer by Name and Fqdn", lambda: _index_servers(servers), servers)
+    return list(index.get(text.lower(), ()))
+
+
+def _index_servers(servers: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    index: dict[str, list[dict[str, Any]]] = {}
+    for server in servers:
+        # A set: a server whose Name is also its Fqdn is listed once under it.
+        for key in {server["Name"].lower(), str(server.get("Fqdn", "")).lower()}:
+            index.setdefault(key, []).append(server)
+    return index
+
+
+def _certificates_of(state: LabState, server_name: str) -> list[dict[str, Any]]:
+    """The ExchangeCertificate objects of one server (by its exact Name), in the state's order."""
+    certificates = state.objects("ExchangeCertificate")
+
+    def by_server() -> dict[Any, list[dict[str, Any]]]:
+        index: dict[Any, list[dict[str, Any]]] = {}
+        for certificate in certificates:
+            index.setdefault(certificate.get("Server"), []).append(certificate)
+        return index
+
+    return list(state.derived("ExchangeCertificate by Server", by_server, certificates).get(server_name, ()))
+
+
 def _get_virtual_directory(noun: str) -> Handler:
     def handler(call: _Call) -> Iterator[Any]:
         ad_only = bool(call.parameters.get("ADPropertiesOnly"))
@@ -427,16 +464,10 @@ def _get_virtual_directory(noun: str) -> Handler:
             server = call.text("Server")
             selected = list(call.state.objects(noun)) if identity is None else _find(call, noun, identity)
             if server is not None:
-                known = {s["Name"].lower() for s in call.state.objects("ExchangeServer")} | {
-                    str(s.get("Fqdn", "")).lower() for s in call.state.objects("ExchangeServer")
-                }
-                if server.lower() not in known:
+                servers = _servers_named(call.state, server)
+                if not servers:
                     raise call.not_found(server, terminating=True)
-                names = {
-                    s["Name"].lower()
-                    for s in call.state.objects("ExchangeServer")
-                    if server.lower() in (s["Name"].lower(), str(s.get("Fqdn", "")).lower())
-                }
+                names = {s["Name"].lower() for s in servers}
                 selected = [v for v in selected if str(v.get("Server", "")).lower() in names]
             down = {name.lower() for name in call.state.document.get("lab", {}).get("servers_down", [])}
             output: list[Any] = []
@@ -466,14 +497,11 @@ def _get_virtual_directory(noun: str) -> Handler:
 
 def _get_exchange_certificate(call: _Call) -> Iterator[Any]:
     with call.state.lock:
-        servers = call.state.objects("ExchangeServer")
         server_text = call.text("Server") or _management_server(call.state)
-        server = next(
-            (s for s in servers if server_text.lower() in (s["Name"].lower(), str(s.get("Fqdn", "")).lower())),
-            None,
-        )
-        if server is None:
+        named = _servers_named(call.state, server_text)
+        if not named:
             raise call.not_found(server_text, terminating=True)
+        server = named[0]
         down = {n.lower() for n in call.state.document.get("lab", {}).get("servers_down", [])}
         if server["Name"].lower() in down:
             raise call.exchange_error(
@@ -481,7 +509,7 @@ def _get_exchange_certificate(call: _Call) -> Iterator[Any]:
                 "Microsoft.Exchange.Management.SystemConfigurationTasks.InvalidOperationException",
                 category="ResourceUnavailable",
             )
-        certificates = [c for c in call.state.objects("ExchangeCertificate") if c.get("Server") == server["Name"]]
+        certificates = _certificates_of(call.state, server["Name"])
         wanted = call.text("Thumbprint") or call.text("Identity")
         if wanted is not None:
             wanted = wanted.rsplit("\\", 1)[-1].lower()

@@ -84,10 +84,13 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FORMAT = "hybridtrust-lab/1"
 
@@ -136,9 +139,10 @@ class LabState:
         self.path = path
         self.lock = threading.RLock()
         self.revision = 0
-        """Advanced by every `changing()`: what hybridtrust.lab.output_cache keys on."""
+        """Advanced by every `changing()`: what hybridtrust.lab.output_cache and `derived` key on."""
         self.output_cache: Any = None
         """hybridtrust.lab.output_cache.OutputCache when a benchmark turned it on (off by default)."""
+        self._derived: dict[str, _Derived] = {}
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -176,6 +180,30 @@ class LabState:
         """The on-premises Exchange objects of one cmdlet noun (``"AuthServer"``)."""
         return self.exchange.setdefault(noun, [])
 
+    def derived(self, name: str, build: Callable[[], T], *sources: Sized) -> T:
+        """What ``build`` computes from the document (an index), reused until the organization changes.
+
+        Why: an audit of a 1,000-server organization sends ~1,000 ``Get-ExchangeCertificate
+        -Server`` pipelines; scanning every server and certificate for each of them makes the
+        audit quadratic, and an index built once makes each lookup O(1).
+
+        The value is rebuilt after every `changing()` (which advances `revision`), and also when
+        one of ``sources`` (the lists it is built from) was replaced or changed length, because
+        tests and builders edit the document directly too, without ``changing()``. A field edited
+        in place without ``changing()`` is not seen (as with hybridtrust.lab.output_cache). While
+        a change is under way (an odd `revision`) nothing is cached: the document may be
+        half-changed.
+        """
+        with self.lock:
+            if self.revision % 2:
+                return build()
+            found = self._derived.get(name)
+            if found is not None and found.current(self.revision, sources):
+                return found.value  # type: ignore[no-any-return]
+            value = build()
+            self._derived[name] = _Derived(self.revision, sources, tuple(len(s) for s in sources), value)
+            return value
+
     @contextmanager
     def changing(self) -> Iterator[dict[str, Any]]:
         """Hold the lock while a cmdlet or PATCH changes the world, then persist it."""
@@ -197,3 +225,21 @@ class LabState:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, target)
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """A value `LabState.derived` built, with what it was built from."""
+
+    revision: int
+    sources: tuple[Sized, ...]  # the lists themselves: a replaced list is another object
+    lengths: tuple[int, ...]
+    value: Any
+
+    def current(self, revision: int, sources: tuple[Sized, ...]) -> bool:
+        if self.revision != revision or len(self.sources) != len(sources):
+            return False
+        return all(
+            kept is given and len(given) == length
+            for kept, given, length in zip(self.sources, sources, self.lengths, strict=True)
+        )

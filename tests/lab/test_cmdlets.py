@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from hybridtrust.lab.cmdlets import (
 )
 from hybridtrust.lab.contoso import CONTOSO_TENANT, FABRIKAM_TENANT, compliant_organization, flawed_contoso
 from hybridtrust.lab.exchange_objects import export_clixml, read_clixml
+from hybridtrust.lab.pki import thumbprint
 from hybridtrust.lab.state import LabState
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -97,6 +99,29 @@ def test_scripts_are_refused_in_the_no_language_runspace(state: LabState) -> Non
     )
 
 
+def test_certificate_lookups_follow_changes_of_the_organization(state: LabState) -> None:
+    # Servers and certificates are looked up in indexes (LabState.derived); a change rebuilds them.
+    def thumbprints(server: str) -> list[str]:
+        return [thumbprint(bytes(c.RawData)) for c in wire(run(state, cmd("Get-ExchangeCertificate", Server=server)))]
+
+    before = thumbprints("EX02")
+    ex01 = next(c for c in state.objects("ExchangeCertificate") if c["Server"] == "EX01")
+    with state.changing():
+        state.objects("ExchangeCertificate").append(dict(ex01, Server="EX02", Identity="EX02\\copied"))
+    assert thumbprints("EX02") == [*before, thumbprint(base64.b64decode(ex01["RawData"]))]
+    with state.changing():  # an edit in place: the lists keep their length, the revision moves
+        state.objects("ExchangeCertificate")[-1]["Server"] = "EX04"
+    assert thumbprints("EX02") == before
+
+    with pytest.raises(CmdletError):
+        run(state, cmd("Get-ExchangeCertificate", Server="ex05.contoso.local"))
+    with state.changing():
+        state.objects("ExchangeServer").append({"Name": "EX05", "Fqdn": "ex05.contoso.local"})
+        state.objects("ExchangeCertificate").append(dict(ex01, Server="EX05", Identity="EX05\\copied"))
+    assert len(thumbprints("ex05.contoso.local")) == 1
+    assert len(wire(run(state, cmd("Get-OwaVirtualDirectory", Server="EX05")))) == 0
+
+
 def test_virtual_directories_without_ad_properties_only_need_iis(state: LabState) -> None:
     state.document["lab"]["servers_down"] = ["EX03"]
     ad_only = run(state, cmd("Get-OwaVirtualDirectory", ADPropertiesOnly=True))
@@ -132,8 +157,6 @@ def test_virtual_directory_server_filter(state: LabState) -> None:
 def test_exchange_certificates_per_server(state: LabState) -> None:
     (auth_config,) = run(state, cmd("Get-AuthConfig"))
     current = wire([auth_config])[0].CurrentCertificateThumbprint
-    from hybridtrust.lab.pki import thumbprint
-
     ex01 = {thumbprint(bytes(c.RawData)) for c in wire(run(state, cmd("Get-ExchangeCertificate", Server="EX01")))}
     ex04 = {thumbprint(bytes(c.RawData)) for c in wire(run(state, cmd("Get-ExchangeCertificate", Server="EX04")))}
     assert current in ex01
