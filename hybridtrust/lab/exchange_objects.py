@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import functools
 import hashlib
 import re
 import uuid
@@ -238,11 +239,16 @@ class Directory:
     def of(cls, state: LabState) -> Directory:
         organization = state.document.get("organization", {})
         ad_domain = organization.get("AdDomain", "contoso.local")
+        # Hashed only when the state has none: this runs for every command the lab answers.
+        if "PartitionGuid" in organization:
+            partition_guid = organization["PartitionGuid"]
+        else:
+            partition_guid = str(_stable_guid("partition", ad_domain))
         return cls(
             organization_name=organization.get("Name", "Contoso"),
             ad_domain=ad_domain,
             domain_controller=organization.get("DomainController", f"dc01.{ad_domain}"),
-            partition_guid=organization.get("PartitionGuid", str(_stable_guid("partition", ad_domain))),
+            partition_guid=partition_guid,
             when_created=organization.get("WhenCreated", "2019-03-04T10:12:45+00:00"),
         )
 
@@ -275,7 +281,9 @@ def _split_dn(dn: str) -> list[str]:
     return [part for part in re.split(r"(?<!\\),", dn) if part]
 
 
+@functools.lru_cache(maxsize=4096)
 def _stable_guid(*parts: str) -> uuid.UUID:
+    # Cached: the same few names (schema classes, runspaces) are hashed for every object built.
     return uuid.UUID(bytes=hashlib.sha256("|".join(parts).encode()).digest()[:16], version=4)
 
 
