@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+from xml.etree import ElementTree
 from xml.etree.ElementTree import Element, ParseError
 from xml.sax.saxutils import escape, quoteattr
 
@@ -229,7 +230,7 @@ def parse_duration(text: str | None, default: float) -> float:
 
 def parse_request(data: bytes) -> WSManRequest:
     try:
-        root = SafeET.fromstring(data)
+        root = _parse_xml(data)
     except (ParseError, ValueError) as error:
         raise invalid_message(str(error)) from error
     header = root.find("s:Header", NS)
@@ -260,6 +261,34 @@ def parse_request(data: bytes) -> WSManRequest:
 
 
 _ACTION_RE = re.compile(rb"<(?:\w+:)?Action\b[^>]*>\s*([^<\s]+)\s*<")
+_ENCODING_RE = re.compile(rb"""\sencoding\s*=\s*["']([^"']*)""")
+
+
+def _parse_xml(data: bytes) -> Element:
+    """An envelope's XML; ElementTree's C parser where it is plainly safe, else defusedxml's.
+
+    Why: defusedxml's parser calls back into Python for every element, the largest single
+    cost of parsing an envelope. Entities can only be declared in a DTD; in a UTF-8 document
+    (what pypsrp sends, and XML's default) neither can hide from a byte search, so a UTF-8
+    envelope without ``<!DOCTYPE`` or ``<!ENTITY`` cannot expand or fetch anything (the rule of
+    hybridtrust.clixml._check_safe). Anything else (UTF-16 has NUL bytes, another encoding
+    needs a declaration) goes to defusedxml, which refuses entities as before.
+    """
+    if _plain_utf8(data) and b"<!DOCTYPE" not in data and b"<!ENTITY" not in data:
+        return ElementTree.fromstring(data)
+    return SafeET.fromstring(data)  # type: ignore[no-any-return]
+
+
+def _plain_utf8(data: bytes) -> bool:
+    """Whether the XML parser reads ``data`` as UTF-8 (what a byte search for markup assumes)."""
+    if b"\x00" in data:
+        return False  # UTF-16 or UTF-32
+    text = data.removeprefix(b"\xef\xbb\xbf")
+    if not text.startswith(b"<?xml"):
+        return True  # without a declaration, XML without NUL bytes is UTF-8
+    declaration = text[: text.find(b"?>")]  # an unterminated one fails to parse anyway
+    declared = _ENCODING_RE.search(declaration)
+    return declared is None or declared.group(1).lower() in (b"utf-8", b"utf8")
 
 
 # --------------------------------------------------------------------------- shells
