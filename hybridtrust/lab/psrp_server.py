@@ -24,6 +24,7 @@ because psrpcore's objects are not thread-safe.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from xml.etree import ElementTree
 
 import psrpcore
 from psrpcore._payload import PSRPMessage, StreamType, create_message
@@ -43,9 +45,11 @@ from psrpcore.types import (
     PipelineState,
     PSInvocationState,
     PSObject,
+    PSRPMessageType,
     PSVersion,
     RunspacePoolState,
     add_note_property,
+    serialize,
 )
 
 from hybridtrust.lab.wsman import ReceiveResult, WSManFault, command_not_found, internal_error
@@ -251,6 +255,48 @@ class _RunspacePool(psrpcore.ServerRunspacePool):
         super()._process_SetMinRunspaces(event)
 
 
+class _Pipeline(psrpcore.ServerPipeline):
+    """psrpcore's server pipeline, its PIPELINE_STATE messages serialized once per state.
+
+    Every command announces Running and then Completed, and psrpcore serializes a new
+    PipelineState object each time, several percent of the lab's CPU per command; without an
+    error the message is the same bytes every time. A state change with an error goes through
+    psrpcore as before.
+    """
+
+    def _change_state(self, state: PSInvocationState, error: ErrorRecord | None = None, emit: bool = True) -> None:
+        if emit and error is None:
+            _queue_serialized(self, PSRPMessageType.PipelineState, _pipeline_state_clixml(state))
+            emit = False
+        super()._change_state(state, error, emit)
+
+
+@functools.cache
+def _pipeline_state_clixml(state: PSInvocationState) -> bytes:
+    # What psrpcore's prepare_message serializes for the message (PipelineState carries no secret).
+    element = serialize(PipelineState(PipelineState=int(state)), None)  # type: ignore[arg-type]
+    return ElementTree.tostring(element, encoding="utf-8", method="xml")
+
+
+def _queue_serialized(pipeline: psrpcore.ServerPipeline, message_type: PSRPMessageType, data: bytes) -> None:
+    """Queue a message of a pipeline whose CLIXML is already made, as psrpcore's prepare_message does.
+
+    psrpcore 0.3 has no public way to queue serialized data.
+    """
+    pool = pipeline.runspace_pool
+    message = create_message(pool._is_client, message_type, data, pool.runspace_pool_id, pipeline.pipeline_id)
+    pool._send_buffer.append(
+        PSRPMessage(
+            message_type,
+            bytearray(message),
+            pool.runspace_pool_id,
+            pipeline.pipeline_id,
+            pool._fragment_counter,
+            StreamType.default,
+        )
+    )
+
+
 def _lowercase_ci(event: psrpcore.PSRPEvent) -> None:
     message = event._ps_object  # psrpcore exposes the received object only as this attribute
     try:
@@ -319,7 +365,7 @@ class PSRPShell:
         command_id = (command_id or str(pipeline_id)).upper()
         with self._cond:
             self._check_open()
-            pipeline = psrpcore.ServerPipeline(self._pool, pipeline_id)
+            pipeline = _Pipeline(self._pool, pipeline_id)
             self._runs[command_id] = _Run(command_id, pipeline)
             self._feed(arguments)
         return command_id
@@ -417,10 +463,11 @@ class PSRPShell:
                 run.metadata_only = True
                 self._start(run)
                 return
-            commands = event.pipeline.commands
+            pipeline = self._pipeline_of(event)
+            commands = pipeline.commands
             run.activity = str(commands[0].command_text) if commands else ""
-            run.statements = statements_of(event.pipeline)
-            if event.pipeline.no_input:
+            run.statements = statements_of(pipeline)
+            if pipeline.no_input:
                 self._start(run)
         elif isinstance(event, psrpcore.PipelineInputEvent):
             self._run_for(event.pipeline_id).input_count += 1
@@ -437,6 +484,16 @@ class PSRPShell:
             self._pool.runspace_availability_response(event.ci, max(0, self._pool.max_runspaces - busy))
         # SessionCapability, InitRunspacePool and PublicKey are answered by psrpcore itself;
         # host responses are not expected (the lab's cmdlets never prompt).
+
+    def _pipeline_of(self, event: psrpcore.CreatePipelineEvent) -> psrpcore.PowerShell:
+        """The pipeline a CREATE_PIPELINE carries, as psrpcore read it while processing the event.
+
+        ``event.pipeline`` deserializes the message again on every access (a tenth of the lab's
+        CPU per command); psrpcore's server pool has already stored that same reading as the
+        pipeline's ``metadata``.
+        """
+        stored = self._pool.pipeline_table[event.pipeline_id].metadata
+        return stored if isinstance(stored, psrpcore.PowerShell) else event.pipeline
 
     def _run_for(self, pipeline_id: uuid.UUID | None) -> _Run:
         for run in self._runs.values():
@@ -506,22 +563,7 @@ class PSRPShell:
         if data is None:
             run.pipeline.write_output(item)
             return
-        # What psrpcore's prepare_message queues for a PIPELINE_OUTPUT, with the CLIXML already made
-        # (psrpcore 0.3 has no public way to queue serialized output).
-        pipeline = run.pipeline
-        pool = pipeline.runspace_pool
-        message_type = psrpcore.types.PSRPMessageType.PipelineOutput
-        message = create_message(pool._is_client, message_type, data, pool.runspace_pool_id, pipeline.pipeline_id)
-        pool._send_buffer.append(
-            PSRPMessage(
-                message_type,
-                bytearray(message),
-                pool.runspace_pool_id,
-                pipeline.pipeline_id,
-                pool._fragment_counter,
-                StreamType.default,
-            )
-        )
+        _queue_serialized(run.pipeline, PSRPMessageType.PipelineOutput, data)
 
     def _finish(self, run: _Run) -> None:
         if not run.closed and run.pipeline.state == PSInvocationState.Running:

@@ -17,9 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psrpcore
 import pytest
 import requests
 from psrpcore.types import PSObject, add_note_property
@@ -28,6 +30,7 @@ from pypsrp.exceptions import AuthenticationError, WinRMTransportError, WSManFau
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 from pypsrp.wsman import WSMan
 
+from hybridtrust.lab.psrp_server import _Pipeline
 from hybridtrust.lab.server import Lab, LabPowerShellServer, start_lab
 from hybridtrust.lab.state import LabState
 
@@ -701,3 +704,16 @@ def test_real_cmdlets_change_the_state_and_count_as_mutating(contoso_lab: Lab) -
     counters = exchange.counters()
     assert counters["commands"] == {"Set-AuthServer": 1}
     assert counters["mutating"] == 1
+
+
+def test_pipeline_state_messages_are_the_bytes_psrpcore_writes() -> None:
+    # psrp_server._Pipeline serializes each PIPELINE_STATE once; the wire must not tell.
+    def queued(pipeline_class: type[psrpcore.ServerPipeline]) -> list[tuple[Any, ...]]:
+        pool = psrpcore.ServerRunspacePool()
+        pool.runspace_pool_id = uuid.UUID(int=1)
+        pipeline = pipeline_class(pool, uuid.UUID(int=2))
+        pipeline.start()
+        pipeline.complete()
+        return [(m.message_type, bytes(m.data), m.pipeline_id, m.object_id) for m in pool._send_buffer]
+
+    assert queued(_Pipeline) == queued(psrpcore.ServerPipeline)
