@@ -577,7 +577,8 @@ class ServiceApplicationProxy:
     name: str
     type_names: tuple[str, ...]
     metadata_endpoint_uri: str | None
-    in_default_proxy_group: bool
+    in_default_proxy_group: bool | None
+    """None: not noted (an export of plain Get-SPServiceApplicationProxy); a proxy does not know its groups."""
 
     @property
     def is_acs(self) -> bool:
@@ -591,7 +592,9 @@ class ServiceApplicationProxy:
             name=record.text_of("DisplayName") or record.text_of("Name") or record.text or "",
             type_names=record.type_names + tuple(filter(None, [record.text_of("TypeName")])),
             metadata_endpoint_uri=record.text_of("MetadataEndpointUri"),
-            in_default_proxy_group=record.get("InDefaultProxyGroup") is not False,
+            in_default_proxy_group=membership
+            if isinstance(membership := record.get("InDefaultProxyGroup"), bool)
+            else None,
         )
 
 

@@ -10,7 +10,15 @@ from urllib.parse import urlsplit
 
 from hybridtrust import subjects
 from hybridtrust.checks import assert_certificate_published
-from hybridtrust.facts import ACS_ISSUER_ID, SHAREPOINT_ONLINE_APP_ID, AuthenticationProvider, Organization, Tenant
+from hybridtrust.facts import (
+    ACS_ISSUER_ID,
+    SHAREPOINT_ONLINE_APP_ID,
+    AuthenticationProvider,
+    Missing,
+    NotCollected,
+    Organization,
+    Tenant,
+)
 from hybridtrust.matching import normalise_url
 from hybridtrust.profile import Profile
 from hybridtrust.testing import Subject, failure, listing, requirement
@@ -147,6 +155,14 @@ def test_an_acs_proxy_is_in_the_default_proxy_group(org: Organization) -> None:
         fix=f'New-SPAzureAccessControlServiceApplicationProxy -Name "ACS" -MetadataServiceEndpointUri {metadata} '
         "-DefaultProxyGroup",
     )
+    if not any(p.in_default_proxy_group for p in proxies) and any(p.in_default_proxy_group is None for p in proxies):
+        raise NotCollected(
+            Missing(
+                "sharepoint:Get-SPServiceApplicationProxy",
+                "sharepoint/Get-SPServiceApplicationProxy does not say which proxies are in the default proxy group: "
+                "collect it with HybridTrust-Collect.ps1 (Get-HybridTrustServiceApplicationProxy)",
+            )
+        )
     assert any(p.in_default_proxy_group for p in proxies), failure(
         f"The ACS proxy {listing(p.name for p in proxies)} is not in the default proxy group",
         found={p.name: p.in_default_proxy_group for p in proxies},

@@ -93,7 +93,8 @@ Set-StrictMode -Version 2.0
 # Everything in this region is sent as it is to the farm's remote PowerShell by the live
 # SharePoint source (hybridtrust/sources/sharepoint.py): function definitions and comments
 # only, no statement that runs on its own. Property names are the contract with
-# hybridtrust.facts (SecurityTokenServiceConfig, AuthenticationProvider).
+# hybridtrust.facts (SecurityTokenServiceConfig, AuthenticationProvider, ServiceApplicationProxy's
+# InDefaultProxyGroup).
 
 function Get-HybridTrustSecurityTokenServiceConfig {
     # The farm's security token service: AllowOAuthOverHttp and the STS signing certificate
@@ -152,6 +153,19 @@ function Get-HybridTrustAuthenticationProvider {
                 AllowAnonymous                     = ($names -contains 'AllowAnonymous') -and [bool]$provider.AllowAnonymous
             }
         }
+    }
+}
+
+function Get-HybridTrustServiceApplicationProxy {
+    # Every service application proxy, each noted with whether it is a member of the farm's
+    # default proxy group (SPS-ACS-PROXY): a proxy does not know its groups, and a web
+    # application in the default group only reaches ACS through a proxy in that group.
+    [CmdletBinding()]
+    param()
+    $defaultGroup = Get-SPServiceApplicationProxyGroup -Default
+    $members = @($defaultGroup.Proxies | ForEach-Object -Process { $_.Id })
+    foreach ($proxy in @(Get-SPServiceApplicationProxy)) {
+        Add-Member -InputObject $proxy -NotePropertyName 'InDefaultProxyGroup' -NotePropertyValue ($members -contains $proxy.Id) -PassThru
     }
 }
 
@@ -324,12 +338,7 @@ function Get-HybridTrustSharePointEvidence {
         Get-SPTrustedSecurityTokenIssuer -ErrorAction Stop
     } | Out-Null
     Invoke-HybridTrustCollection -Name 'sharepoint/Get-SPServiceApplicationProxy' -Path (Join-Path -Path $Folder -ChildPath 'Get-SPServiceApplicationProxy.xml') -ScriptBlock {
-        # A proxy does not know its groups: note the default group's membership on each (SPS-ACS-PROXY).
-        $defaultGroup = Get-SPServiceApplicationProxyGroup -Default -ErrorAction Stop
-        $members = @($defaultGroup.Proxies | ForEach-Object -Process { $_.Id })
-        foreach ($proxy in @(Get-SPServiceApplicationProxy -ErrorAction Stop)) {
-            Add-Member -InputObject $proxy -NotePropertyName 'InDefaultProxyGroup' -NotePropertyValue ($members -contains $proxy.Id) -PassThru
-        }
+        Get-HybridTrustServiceApplicationProxy -ErrorAction Stop
     } | Out-Null
     if ($AppPrincipalNameIdentifier) {
         Invoke-HybridTrustCollection -Name 'sharepoint/Get-SPAppPrincipal' -Path (Join-Path -Path $Folder -ChildPath 'Get-SPAppPrincipal.xml') -ScriptBlock {

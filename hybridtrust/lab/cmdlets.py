@@ -1010,7 +1010,7 @@ def _sp_get(noun: str) -> Handler:
                         target=identity,
                         terminating=False,
                     )
-            output = [sharepoint_object(noun, i) for i in items]
+            output = [sharepoint_object(noun, i, noted=False) for i in items]
         yield from output
 
     return handler
@@ -1109,7 +1109,7 @@ def _sp_new_acs_proxy(call: _Call) -> Iterator[Any]:
         if call.what_if:
             return
         call.state.sharepoint.setdefault("ServiceApplicationProxy", []).append(proxy)
-        output = [sharepoint_object("ServiceApplicationProxy", proxy)]
+        output = [sharepoint_object("ServiceApplicationProxy", proxy, noted=False)]
     yield from output
 
 
@@ -1209,6 +1209,7 @@ def _sp_projection(noun: str) -> Handler:
 SHAREPOINT_PROJECTIONS: dict[str, Handler] = {
     "Get-HybridTrustSecurityTokenServiceConfig": _sp_projection("SecurityTokenServiceConfig"),
     "Get-HybridTrustAuthenticationProvider": _sp_projection("AuthenticationProvider"),
+    "Get-HybridTrustServiceApplicationProxy": _sp_projection("ServiceApplicationProxy"),
 }
 
 
@@ -1632,6 +1633,12 @@ def _sharepoint_table() -> dict[str, _Cmdlet]:
             ("WebApplication", "Zone"),
             SHAREPOINT_PROJECTIONS["Get-HybridTrustAuthenticationProvider"],
             "Get-HybridTrustAuthenticationProvider",
+        ),
+        _Cmdlet(
+            "Get-HybridTrustServiceApplicationProxy",
+            (),
+            SHAREPOINT_PROJECTIONS["Get-HybridTrustServiceApplicationProxy"],
+            "Get-HybridTrustServiceApplicationProxy",
         ),
     ]
     return {c.name.lower(): c for c in cmdlets}

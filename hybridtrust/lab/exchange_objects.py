@@ -1107,8 +1107,12 @@ def _custom_object(type_names: list[str], values: Iterable[tuple[str, Any]]) -> 
     return obj
 
 
-def sharepoint_object(noun: str, data: Mapping[str, Any]) -> PSObject:
-    """A SharePoint object (or projection) as the farm's PowerShell returns it."""
+def sharepoint_object(noun: str, data: Mapping[str, Any], *, noted: bool = True) -> PSObject:
+    """A SharePoint object (or projection) as the farm's PowerShell returns it.
+
+    `noted`: with what the collector's projections add (a proxy's InDefaultProxyGroup), as
+    Get-HybridTrustServiceApplicationProxy and an evidence bundle give it; False: as the plain
+    cmdlet returns it."""
     if noun == "TrustedSecurityTokenIssuer":
         signing = data.get("SigningCertificate")
         return ps_object(
@@ -1140,7 +1144,7 @@ def sharepoint_object(noun: str, data: Mapping[str, Any]) -> PSObject:
         obj = ps_object(SHAREPOINT_TYPES[noun], props, to_string=data["Name"])
         # The collector notes proxy-group membership on each proxy with Add-Member (the
         # proxy itself does not know its groups; Get-SPServiceApplicationProxyGroup does).
-        if "InDefaultProxyGroup" in data:
+        if noted and "InDefaultProxyGroup" in data:
             obj.PSObject.extended_properties.append(
                 PSNoteProperty("InDefaultProxyGroup", bool(data["InDefaultProxyGroup"]))
             )

@@ -5,14 +5,15 @@ server (CredSSP or Kerberos delegation reaches the farm's databases). One runspa
 pool with ONE runspace, so that what the first pipeline loads stays for the others:
 
 1. ``Add-PSSnapin -Name Microsoft.SharePoint.PowerShell`` and the function part of
-   the collector script (`projection_functions`: the two projections of objects too
-   deep for Export-Clixml, defined in ``hybridtrust/collector/HybridTrust-Collect.ps1``,
+   the collector script (`projection_functions`: the projections of objects too
+   deep for Export-Clixml, and of proxies noted with their default-group membership, defined in ``hybridtrust/collector/HybridTrust-Collect.ps1``,
    the script an administrator runs by hand for an evidence bundle). This is the only
    script this source sends, on a full-language endpoint, and it is the package's own
    text: nothing from a profile is ever part of it.
 2. One pipeline per document, commands with literal parameters only:
    Get-SPAuthenticationRealm, Get-SPTrustedSecurityTokenIssuer,
-   Get-SPServiceApplicationProxy, ``Get-SPAppPrincipal -Site <hybrid site>
+   ``Get-HybridTrustServiceApplicationProxy`` (Get-SPServiceApplicationProxy, each proxy
+   noted with ``InDefaultProxyGroup``), ``Get-SPAppPrincipal -Site <hybrid site>
    -NameIdentifier <object id of the 00000003 service principal>@<tenant id>`` (the
    NameIdentifier comes from Graph, so this source runs after the Graph source),
    ``Get-HybridTrustSecurityTokenServiceConfig -WebApplication <url>`` and
@@ -22,10 +23,8 @@ As with Exchange, nothing raises out of `collect_sharepoint`: a failed document 
 `Missing` with the server's words, a failed connection or snap-in makes every
 SharePoint document `Missing` with the endpoint and the cause.
 
-Known difference from the hand-run collector: the script notes ``InDefaultProxyGroup``
-on each proxy (from ``Get-SPServiceApplicationProxyGroup -Default``) and ``Site`` on
-the app principal; the live source sends the plain cmdlets, so against a real farm
-those notes are absent (the facts then take a proxy to be in the default group).
+Known difference from the hand-run collector: the script notes ``Site`` on the app
+principal; the live source asks for one site only and no check reads the note.
 """
 
 from __future__ import annotations
@@ -104,7 +103,8 @@ def sharepoint_commands(
     commands = [
         Command("Get-SPAuthenticationRealm", "Get-SPAuthenticationRealm"),
         Command("Get-SPTrustedSecurityTokenIssuer", "Get-SPTrustedSecurityTokenIssuer"),
-        Command("Get-SPServiceApplicationProxy", "Get-SPServiceApplicationProxy"),
+        # Each proxy noted with its membership of the default proxy group (the collector's projection).
+        Command("Get-SPServiceApplicationProxy", "Get-HybridTrustServiceApplicationProxy"),
         Command(
             "Get-HybridTrustSecurityTokenServiceConfig",
             "Get-HybridTrustSecurityTokenServiceConfig",

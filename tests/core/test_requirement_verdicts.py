@@ -192,6 +192,11 @@ MUTATIONS = [
     Mutation("realm", {"SPS-REALM"}, lambda d: d["sharepoint"].update(AuthenticationRealm=FABRIKAM)),
     Mutation("acs-proxy", {"SPS-ACS-PROXY"},
              lambda d: d["sharepoint"]["ServiceApplicationProxy"][0].update(MetadataEndpointUri=f"https://accounts.accesscontrol.windows.net/{FABRIKAM}/metadata/json/1")),
+    Mutation("acs-proxy-outside-default-group", {"SPS-ACS-PROXY"},
+             lambda d: d["sharepoint"]["ServiceApplicationProxy"][0].update(InDefaultProxyGroup=False)),
+    # An export of plain Get-SPServiceApplicationProxy does not say which group a proxy is in: an error, not a pass.
+    Mutation("acs-proxy-membership-not-noted", {"SPS-ACS-PROXY"},
+             lambda d: d["sharepoint"]["ServiceApplicationProxy"][0].pop("InDefaultProxyGroup")),
     Mutation("trusted-issuer-self", {"SPS-TRUSTED-ISSUER"},
              lambda d: d["sharepoint"]["TrustedSecurityTokenIssuer"][0].update(IsSelfIssuer=True)),
     # A file that was not collected turns exactly the requirements that need it into errors.
@@ -261,6 +266,13 @@ def test_a_missing_file_is_an_error_never_a_pass(verdicts: SuiteRun) -> None:
     assert set(errors) == _needing("exchange:Get-AuthServer")
     assert all("exchange/Get-AuthServer.xml" in message for message in errors.values())
     assert verdicts.results["mut-no-auth-server-file"]["exit_status"] == 1
+
+
+def test_a_proxy_whose_group_was_not_noted_is_an_error_naming_the_collector(verdicts: SuiteRun) -> None:
+    results = verdicts.results["mut-acs-proxy-membership-not-noted"]["results"]
+    [result] = [r for r in results if r["requirement"] == "SPS-ACS-PROXY"]
+    assert result["outcome"] == "error"
+    assert "Get-HybridTrustServiceApplicationProxy" in result["message"]
 
 
 def test_a_truncated_file_names_the_file_and_the_position(verdicts: SuiteRun) -> None:

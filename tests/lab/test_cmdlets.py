@@ -393,10 +393,14 @@ def test_sharepoint_reads(state: LabState) -> None:
     assert realm != CONTOSO_TENANT  # a seeded defect
     (proxy,) = wire(run(state, cmd("Get-SPServiceApplicationProxy"), endpoint="sharepoint"))
     assert proxy.PSTypeNames[0].endswith("SPAzureAccessControlServiceApplicationProxy")
+    assert "InDefaultProxyGroup" not in [p.name for p in proxy.PSObject.extended_properties]  # it knows no groups
     assert set(SHAREPOINT_PROJECTIONS) == {
         "Get-HybridTrustSecurityTokenServiceConfig",
         "Get-HybridTrustAuthenticationProvider",
+        "Get-HybridTrustServiceApplicationProxy",
     }
+    (noted,) = wire(run(state, cmd("Get-HybridTrustServiceApplicationProxy"), endpoint="sharepoint"))
+    assert noted.InDefaultProxyGroup is True
     (config,) = wire(run(state, cmd("Get-HybridTrustSecurityTokenServiceConfig"), endpoint="sharepoint"))
     assert config.AllowOAuthOverHttp is True
 

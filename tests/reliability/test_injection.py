@@ -234,10 +234,10 @@ def test_a_hostile_web_application_reaches_sharepoint_as_parameter_values(inject
         "Add-PSSnapin",
         "Get-SPAuthenticationRealm",
         "Get-SPTrustedSecurityTokenIssuer",
-        "Get-SPServiceApplicationProxy",
         "Get-SPAppPrincipal",
         "Get-HybridTrustSecurityTokenServiceConfig",
         "Get-HybridTrustAuthenticationProvider",
+        "Get-HybridTrustServiceApplicationProxy",
     }, sorted(names)
     # Add-PSSnapin (counted by its verb) only loads SharePoint's cmdlets into the session.
     assert (

@@ -15,6 +15,7 @@ from hybridtrust.facts import (
     AuthenticationProvider,
     Missing,
     SecurityTokenServiceConfig,
+    ServiceApplicationProxy,
     TrustedIssuer,
 )
 from hybridtrust.lab import cmdlets
@@ -143,6 +144,16 @@ def test_the_projections_carry_the_names_the_facts_read(lab: Lab) -> None:
     )
 
 
+PROXY_PROJECTION = "Get-HybridTrustServiceApplicationProxy"
+
+
+def test_each_proxy_says_whether_it_is_in_the_default_proxy_group(lab: Lab) -> None:
+    documents = collect(lab)
+    proxies = documents.sharepoint["Get-SPServiceApplicationProxy"]
+    assert isinstance(proxies, list) and proxies
+    assert [ServiceApplicationProxy.from_record(p).in_default_proxy_group for p in proxies] == [True]
+
+
 def test_one_runspace_the_snap_in_the_functions_then_plain_commands(lab: Lab, recorder: Recorder) -> None:
     collect(lab)
 
@@ -150,7 +161,9 @@ def test_one_runspace_the_snap_in_the_functions_then_plain_commands(lab: Lab, re
     assert scripts == [projection_functions()]  # the collector's own text, nothing else
     names = [name for name, _, is_script in recorder.commands if not is_script]
     assert names[0] == "Add-PSSnapin"
-    assert sorted(names[1:]) == sorted(SHAREPOINT_DOCUMENTS)
+    # Every document is its cmdlet, except the proxies: the collector's projection notes their group.
+    cmdlets = {**{name: name for name in SHAREPOINT_DOCUMENTS}, "Get-SPServiceApplicationProxy": PROXY_PROJECTION}
+    assert sorted(names[1:]) == sorted(cmdlets.values())
     sent = {name: parameters for name, parameters, is_script in recorder.commands if not is_script}
     assert sent["Add-PSSnapin"] == {"Name": "Microsoft.SharePoint.PowerShell"}
     assert sent["Get-SPAppPrincipal"] == {"Site": SHAREPOINT_WEB_APPLICATION, "NameIdentifier": name_identifier(lab)}
@@ -236,7 +249,7 @@ def test_a_refused_connection_makes_every_document_missing(lab: Lab) -> None:
 # -- the collector script ------------------------------------------------------------------------------------
 def test_the_projection_region_holds_function_definitions_only() -> None:
     body = projection_functions()
-    assert len(re.findall(r"^function ", body, re.MULTILINE)) == 2
+    assert len(re.findall(r"^function ", body, re.MULTILINE)) == 3
     # Outside the function bodies: comments and blank lines only (the live source sends it as it is).
     depth, outside = 0, []
     for line in body.splitlines():
@@ -244,7 +257,11 @@ def test_the_projection_region_holds_function_definitions_only() -> None:
             outside.append(line)
         depth += line.count("{") - line.count("}")
     assert depth == 0 and outside == []
-    for name in ("Get-HybridTrustSecurityTokenServiceConfig", "Get-HybridTrustAuthenticationProvider"):
+    for name in (
+        "Get-HybridTrustSecurityTokenServiceConfig",
+        "Get-HybridTrustAuthenticationProvider",
+        "Get-HybridTrustServiceApplicationProxy",
+    ):
         assert f"function {name} {{" in body
     for property_name in (
         "AllowOAuthOverHttp",
