@@ -398,16 +398,22 @@ def remediate(profile: Profile, failures: list[Failure], options: Options) -> Re
         except Exception as error:  # the changes stand; re-verification is what failed
             log.debug("re-collection failed", exc_info=True)
             fresh = f"the organization could not be read again: {type(error).__name__}: {error}"
-    _conclude(run, fresh)
+    _conclude(run, fresh, failures)
     attach_not_planned(failures, run)
     return run
 
 
-def _conclude(run: Remediation, fresh: Organization | str | None) -> None:
-    """Each failure's outcome after remediation, into its result and the record."""
+def _conclude(run: Remediation, fresh: Organization | str | None, failures: list[Failure] | None = None) -> None:
+    """Each failure's outcome after remediation, into its result and the record.
+
+    A failure without a change of its own is judged again too when the organization was read
+    again: one fix often satisfies another requirement (a realm set right is the realm ACS's
+    metadata must name), and an administrator should not need a second run to learn it.
+    """
     record = run.record
     reasons = {(item.requirement, item.subject): item.reason for item in record.not_planned}
     planned = {(failure.requirement.id, failure.subject.label) for failure, _ in run.plans}
+    side_effects = _fixed_as_side_effect(failures or [], planned, fresh, record)
     for failure, changes in run.plans:
         ids = [change.id for change in changes]
         effective = [c for c in changes if c.status in ("applied", "satisfied")]
@@ -449,7 +455,7 @@ def _conclude(run: Remediation, fresh: Organization | str | None) -> None:
             }
         )
     for failure_key, reason in reasons.items():
-        if failure_key not in planned:
+        if failure_key not in planned and failure_key not in side_effects:
             record.results.append(
                 {
                     "requirement": failure_key[0],
@@ -462,6 +468,45 @@ def _conclude(run: Remediation, fresh: Organization | str | None) -> None:
     record.state = "complete" if not record.dry_run else "dry-run"
     record.finished = utc_now()
     record.save()
+
+
+def _fixed_as_side_effect(
+    failures: list[Failure], planned: set[tuple[str, str]], fresh: Organization | str | None, record: RecordFile
+) -> set[tuple[str, str]]:
+    """Failures with no change of their own that pass on the re-read organization: marked fixed, recorded."""
+    if not isinstance(fresh, Organization):
+        return set()
+    applied = [change.id for change in record.changes if change.applied]
+    fixed: set[tuple[str, str]] = set()
+    for failure in failures:
+        key = (failure.requirement.id, failure.subject.label)
+        if key in planned:
+            continue
+        verdict = rejudge(failure.function, failure.requirement, failure.subject, fresh)
+        if verdict.outcome != "passed":
+            continue  # still failing (or not judged): it stays failed, with why it has no fix
+        remediation = {
+            "changes": [],
+            "applied": False,
+            "record": str(record.path),
+            "verification": verdict.document(),
+            "reason": "no change of its own; passes on the organization read again"
+            + (f" after {', '.join(applied)}" if applied else ""),
+        }
+        failure.result.outcome = "fixed"  # type: ignore[assignment]
+        failure.result.remediation = remediation
+        record.results.append(
+            {
+                "requirement": key[0],
+                "subject": key[1],
+                "outcome": "fixed",
+                "changes": [],
+                "verification": verdict.document(),
+                "reason": remediation["reason"],
+            }
+        )
+        fixed.add(key)
+    return fixed
 
 
 def attach_not_planned(failures: list[Failure], run: Remediation) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 from hybridtrust import catalog
 from hybridtrust.remediation.exchange import command_text, unmet
 from hybridtrust.remediation.graph import GraphWriteError, GraphWriter, merged, restored
-from hybridtrust.remediation.model import Failure
-from hybridtrust.remediation.runner import plan
+from hybridtrust.remediation.model import Failure, RecordFile
+from hybridtrust.remediation.runner import Remediation, _conclude, attach_not_planned, plan
 from hybridtrust.results import Result
 from hybridtrust.sources.graph import GraphEndpoints
 from hybridtrust.testing import Subject
@@ -78,6 +79,44 @@ def test_only_failures_are_planned_and_rows_without_a_fix_say_so() -> None:
     assert [(item.requirement, item.reason.split(":")[0]) for item in not_planned] == [
         ("OWA-BUILD", "no automatic fix")
     ]
+
+
+def test_a_failure_without_a_fix_that_passes_once_the_others_are_applied_is_fixed(tmp_path: Path) -> None:
+    from hybridtrust.audit import Audit
+    from hybridtrust.profile import load_profile
+
+    demo = load_profile("demo")
+    assert demo.evidence is not None
+    fresh = Audit(profile=demo, evidence=demo.resolve(demo.evidence.path)).organization()
+
+    def judged(passes: bool) -> Any:
+        def requirement_test(org: Any) -> None:
+            assert passes and org is fresh, "still broken"
+
+        requirement_test.hybrid_subjects = lambda org: [Subject("s", "s", None)]  # type: ignore[attr-defined]
+        return requirement_test
+
+    now_passing = replace(_failure("OWA-BUILD", "failed"), function=judged(True))
+    still_failing = replace(_failure("EXO-IOC-CLOUD", "failed"), function=judged(False))
+    plans, not_planned = plan([now_passing, still_failing], None)
+    assert plans == [] and len(not_planned) == 2
+    run = Remediation(
+        RecordFile(tmp_path / "r.json", "p", "o", dry_run=False, allow_risky=False, not_planned=not_planned)
+    )
+    _conclude(run, fresh, [now_passing, still_failing])
+    attach_not_planned([now_passing, still_failing], run)
+
+    assert now_passing.result.outcome == "fixed"
+    assert now_passing.result.remediation is not None
+    assert now_passing.result.remediation["verification"] == {"outcome": "passed", "message": ""}
+    assert "no change of its own" in now_passing.result.remediation["reason"]
+    assert still_failing.result.outcome == "failed"
+    assert (
+        still_failing.result.remediation is not None
+        and "no automatic fix" in still_failing.result.remediation["reason"]
+    )
+    recorded = {entry["requirement"]: entry["outcome"] for entry in run.record.results}
+    assert recorded == {"OWA-BUILD": "fixed", "EXO-IOC-CLOUD": "failed"}
 
 
 @pytest.mark.parametrize(
