@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,6 +72,10 @@ EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 class _Strict(BaseModel):
+    # Booleans and numbers are declared strict field by field (StrictBool, strict=True): in lax mode
+    # pydantic reads `verify_tls = "false"` as False and `max_concurrency = true` as 1, so a quoted
+    # value would silently turn TLS verification off. Not model-wide: strict mode would also refuse
+    # the TOML strings that Path and the validated text types are built from.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -79,9 +84,9 @@ class OrganizationSection(_Strict):
     cloud: Literal["global", "gcchigh", "dod", "china"] = "global"
     scenarios: list[Literal[SCENARIOS]] = Field(min_length=1)  # type: ignore[valid-type]
     smtp_domains: list[DomainName] = Field(min_length=1)
-    resource_forest: bool = False
+    resource_forest: StrictBool = False
     """S3: the account forest / resource forest topology OWA-RESOURCE-FOREST applies to."""
-    dedicated_hybrid_app: bool | None = None
+    dedicated_hybrid_app: StrictBool | None = None
     """None: on with exchange-oauth or hma (S5 is Microsoft's end state); false opts out."""
     test_mailbox: str | None = None
     """A mailbox for the opt-in Test-OAuthConnectivity probe (--connectivity)."""
@@ -108,7 +113,7 @@ class GraphCredential(_Strict):
 class TenantSection(_Strict):
     id: Guid
     initial_domain: DomainName
-    primary: bool = False
+    primary: StrictBool = False
     """The tenant whose evoSTS is the default authorization endpoint (HMA-DEFAULT-ENDPOINT)."""
     test_mailbox: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     """A mailbox of this tenant for Test-OAuthConnectivity (--connectivity)."""
@@ -129,7 +134,7 @@ class EntraSection(_Strict):
     """Override of the cloud's login host (tests point the real clients at the lab this way)."""
     graph_url: Url | None = None
     ca_file: Path | None = None
-    timeout_seconds: float = Field(default=60, gt=0)
+    timeout_seconds: float = Field(default=60, gt=0, strict=True)
 
 
 class RemotingSection(_Strict):
@@ -137,11 +142,11 @@ class RemotingSection(_Strict):
     auth: Literal["kerberos", "negotiate", "ntlm", "basic", "credssp"] = "kerberos"
     username_env: EnvName | None = None
     password_env: EnvName | None = None
-    verify_tls: bool = True
+    verify_tls: StrictBool = True
     ca_file: Path | None = None
-    connect_timeout_seconds: float = Field(default=30, gt=0)
-    operation_timeout_seconds: float = Field(default=120, gt=0)
-    max_concurrency: int = Field(default=8, ge=1, le=18)
+    connect_timeout_seconds: float = Field(default=30, gt=0, strict=True)
+    operation_timeout_seconds: float = Field(default=120, gt=0, strict=True)
+    max_concurrency: int = Field(default=8, ge=1, le=18, strict=True)
     """Exchange throttles remote PowerShell at PowerShellMaxConcurrency (18 by default)."""
     configuration_name: str | None = None
 
@@ -173,7 +178,7 @@ class LabSection(_Strict):
     """embedded: a lab state file (default: the shipped flawed Contoso); external: unused."""
     connection: Path | None = None
     """external: the JSON line `python -m hybridtrust.lab serve` printed, saved to a file."""
-    latency_ms: int = Field(default=0, ge=0)
+    latency_ms: int = Field(default=0, ge=0, strict=True)
 
 
 class Profile(_Strict):
@@ -246,6 +251,14 @@ def _describe_location(location: tuple[Any, ...], document: dict[str, Any]) -> s
     return head + ("" if not rest else " key '" + ".".join(rest) + "'")
 
 
+_EXPECTED = {
+    # The strict types' own words ("a valid boolean") do not say that quotes are the usual mistake.
+    "bool_type": "expected a boolean (true/false, unquoted)",
+    "int_type": "expected a whole number (unquoted)",
+    "float_type": "expected a number (unquoted)",
+}
+
+
 def _one_line(error: dict[str, Any], document: dict[str, Any], where: str) -> str:
     location = tuple(error["loc"])
     kind = error["type"]
@@ -257,8 +270,9 @@ def _one_line(error: dict[str, Any], document: dict[str, Any], where: str) -> st
     if kind == "missing":
         return f"{where}: {_describe_location(location, document)} is missing (required)"
     value = error.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "a table"
-    message = message.replace("Input should be", "expected")
+    # A boolean as the file spells it: `is true`, not Python's `is True`.
+    shown = "a table" if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else repr(value)
+    message = _EXPECTED.get(kind) or message.replace("Input should be", "expected")
     return f"{where}: {_describe_location(location, document)} is {shown}: {message}"
 
 

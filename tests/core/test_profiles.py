@@ -64,3 +64,88 @@ def test_a_secret_value_never_appears_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as error:
         load_profile(str(path))
     assert "unknown key 'password'" in str(error.value) and "Pa55w0rd!" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # A quoted "false" was read as False by pydantic's lax mode: TLS verification silently off.
+        (
+            ("# verify_tls = true", 'verify_tls = "false"'),
+            "[exchange] key 'verify_tls' is 'false': expected a boolean (true/false, unquoted)",
+        ),
+        (
+            ("# primary = true", 'primary = "false"'),
+            "[tenants][1] key 'primary' is 'false': expected a boolean (true/false, unquoted)",
+        ),
+        (
+            ("# primary = true", 'primary = "yes"'),
+            "[tenants][1] key 'primary' is 'yes': expected a boolean (true/false, unquoted)",
+        ),
+        (
+            ("# resource_forest = false", "resource_forest = 0"),
+            "[organization] key 'resource_forest' is 0: expected a boolean (true/false, unquoted)",
+        ),
+        (
+            ("# dedicated_hybrid_app = true", 'dedicated_hybrid_app = "off"'),
+            "[organization] key 'dedicated_hybrid_app' is 'off': expected a boolean (true/false, unquoted)",
+        ),
+        # Lax integers and numbers took `true` as 1 and "8" as 8.
+        (
+            ("# max_concurrency = 8", "max_concurrency = true"),
+            "[exchange] key 'max_concurrency' is true: expected a whole number (unquoted)",
+        ),
+        (
+            ("# max_concurrency = 8", 'max_concurrency = "8"'),
+            "[exchange] key 'max_concurrency' is '8': expected a whole number (unquoted)",
+        ),
+        (
+            ("# operation_timeout_seconds = 120", "operation_timeout_seconds = true"),
+            "[exchange] key 'operation_timeout_seconds' is true: expected a number (unquoted)",
+        ),
+        (
+            ("# timeout_seconds = 60", 'timeout_seconds = "60"'),
+            "[entra] key 'timeout_seconds' is '60': expected a number (unquoted)",
+        ),
+        (
+            ("# latency_ms = 0", "latency_ms = false"),
+            "[lab] key 'latency_ms' is false: expected a whole number (unquoted)",
+        ),
+    ],
+)
+def test_booleans_and_numbers_are_not_coerced_from_other_types(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    old, new = change
+    assert old in EXAMPLE
+    text = EXAMPLE.replace(old, new, 1)
+    # The commented-out tables of the example must exist for their keys to land there.
+    text = text.replace("# [entra]", "[entra]").replace("# [lab]", "[lab]")
+    path = tmp_path / "quoted.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as error:
+        load_profile(str(path))
+    assert str(error.value) == f"{path}: {expected}"
+
+
+def test_real_toml_booleans_and_numbers_still_load(tmp_path: Path) -> None:
+    text = (
+        EXAMPLE.replace("# verify_tls = true", "verify_tls = false")
+        .replace("# primary = true", "primary = true")
+        .replace("# resource_forest = false", "resource_forest = true")
+        .replace("# dedicated_hybrid_app = true", "dedicated_hybrid_app = false")
+        .replace("# max_concurrency = 8", "max_concurrency = 12")
+        .replace("# connect_timeout_seconds = 30", "connect_timeout_seconds = 7.5")
+        .replace("# operation_timeout_seconds = 120", "operation_timeout_seconds = 90")
+    )
+    path = tmp_path / "typed.toml"
+    path.write_text(text)
+    profile = load_profile(str(path))
+    assert profile.exchange is not None
+    assert profile.exchange.verify_tls is False
+    assert profile.tenants[0].primary is True
+    assert profile.organization.resource_forest is True
+    assert profile.organization.dedicated_hybrid_app is False
+    assert profile.exchange.max_concurrency == 12
+    assert profile.exchange.connect_timeout_seconds == 7.5
+    assert profile.exchange.operation_timeout_seconds == 90
