@@ -836,10 +836,21 @@ async def collect_tenant_async(
         # One token request before the concurrent Graph requests, with the arguments
         # kiota will use (enable_cae=True), so they all find it in the cache and a
         # sign-in failure is reported once, with Entra's reason, for every item.
+        token_endpoint = f"POST {endpoints.authority}/{request.tenant_id}/oauth2/v2.0/token"
+        # azure-core waits whatever a 429's Retry-After says, retry after retry: an Entra ID that
+        # throttles the token endpoint would hold the audit for as long. Sign-in gets the budget a
+        # Graph request has; a device code waits for a person and keeps azure-identity's own timeout.
+        budget = None if request.credential.method == "device-code" else endpoints.timeout_s
         try:
-            await credential.get_token(endpoints.scope, enable_cae=True, **token_options)
+            await asyncio.wait_for(credential.get_token(endpoints.scope, enable_cae=True, **token_options), budget)
+        except TimeoutError:
+            reason = (
+                f"could not sign in to Entra ID: no token within {budget:g} s ([entra] timeout_seconds); "
+                "the token endpoint is throttling (429 with a long Retry-After) or not answering"
+            )
+            _fail_all(result, token_endpoint, reason)
+            return result
         except (AzureError, ValueError, OSError) as error:  # Entra refused, or the authority is unreachable
-            token_endpoint = f"POST {endpoints.authority}/{request.tenant_id}/oauth2/v2.0/token"
             failure = _sign_in_error(request, "sign-in", token_endpoint, error, secrets)
             _fail_all(result, failure.endpoint, failure.reason)
             return result

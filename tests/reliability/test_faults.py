@@ -464,3 +464,29 @@ def test_a_long_retry_after_is_not_waited_for(state: LabState) -> None:
     assert "Graph answered 429 TooManyRequests" in reason and "Still 429 after 0 retries" in reason, reason
     assert "Graph asked to wait 120 s more" in reason, reason
     assert set(result.errors) == {"organization"}  # the other items were read
+
+
+def test_a_throttled_token_endpoint_is_not_waited_for(state: LabState) -> None:
+    """Entra's token endpoint asks for 120 s, three times: sign-in gives up within [entra] timeout_seconds."""
+    from hybridtrust.sources import graph
+
+    with start_lab(state.copy(), services=["graph"]) as lab:
+        description = lab.describe()["graph"]
+        tenant = description["tenant_ids"][0]
+        client = description["tenants"][tenant]["read_only"]
+        lab.graph.faults.throttle(10_000, retry_after=120, target="token")
+        endpoints = graph.GraphEndpoints(
+            authority=description["authority"],
+            graph_base_url=description["base_url"],
+            ca_file=Path(description["ca_file"]),
+            timeout_s=GRAPH_TIMEOUT_S,
+        )
+        spec = graph.CredentialSpec("certificate", client["client_id"], Path(client["certificate_file"]))
+        started = dt.datetime.now(dt.UTC)
+        result = graph.collect([graph.TenantRequest(tenant, spec)], endpoints)[tenant]
+        elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    assert elapsed < GRAPH_TIMEOUT_S + 20, elapsed  # not 3 x 120 s; room for a loaded machine
+    reasons = {str(error) for error in result.errors.values()}
+    assert len(reasons) == 1, reasons  # every item says the same once: sign-in failed
+    (reason,) = reasons
+    assert f"no token within {GRAPH_TIMEOUT_S:g} s" in reason and "throttling" in reason, reason
