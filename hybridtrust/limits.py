@@ -1,4 +1,5 @@
-"""Reading a file someone hands the suite (a profile, a waiver file, a baseline, a manifest): bounded.
+"""Reading a file someone hands the suite (a profile, a waiver file, a baseline, a manifest,
+a remediation record, a lab connection file): bounded.
 
 These files are small by nature, and they are read before anything else happens, so a
 bad one must end the run as a usage error that names it (exit status 4), not as an
@@ -16,6 +17,8 @@ command line and measures the child's memory.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 PROFILE_BYTES = 1024 * 1024
@@ -26,6 +29,10 @@ MANIFEST_BYTES = 1024 * 1024
 """An evidence manifest is a few hundred bytes."""
 BASELINE_BYTES = 256 * 1024 * 1024
 """A results document of a 1,000-server organization is tens of megabytes (clixml.MAX_EVIDENCE_FILE_BYTES's bound)."""
+REMEDIATION_RECORD_BYTES = 256 * 1024 * 1024
+"""~3 KB a change (the value before, after and both read-backs): 1,000 servers' ~10,000 changes are ~30 MB; a refused rollback costs more than a wide margin."""
+LAB_CONNECTION_BYTES = 1024 * 1024
+"""A lab connection file is one JSON line of a few kilobytes (`python -m hybridtrust.lab serve`'s endpoints)."""
 
 NESTING_ERRORS: tuple[type[BaseException], ...] = (RecursionError,)
 """What tomllib and json raise for a document nested deeper than the interpreter's recursion limit."""
@@ -41,7 +48,17 @@ def read_bounded(path: Path, limit: int) -> bytes:
     Raises what ``open`` raises (FileNotFoundError, IsADirectoryError, PermissionError...).
     """
     with path.open("rb") as handle:
+        status = os.fstat(handle.fileno())
+        # A regular file says its size: refused before a byte is read (a 256 MB limit is not read first).
+        # A device or a pipe says 0, and a file can grow after fstat: the bounded read still decides.
+        if stat.S_ISREG(status.st_mode) and status.st_size > limit:
+            raise _too_large(limit, status.st_size)
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise TooLarge(f"larger than the {limit:,} bytes such a file can need; check that this is the right file")
+        raise _too_large(limit, status.st_size if stat.S_ISREG(status.st_mode) else None)
     return data
+
+
+def _too_large(limit: int, size: int | None) -> TooLarge:
+    held = f" ({size:,} bytes)" if size is not None and size > limit else ""
+    return TooLarge(f"larger than the {limit:,} bytes such a file can need{held}; check that this is the right file")

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hybridtrust.limits import NESTING_ERRORS, REMEDIATION_RECORD_BYTES, TooLarge, read_bounded
+
 if TYPE_CHECKING:
     from hybridtrust.catalog import Requirement
     from hybridtrust.facts import Organization
@@ -193,11 +195,16 @@ class RecordError(ValueError):
 
 def read_record(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        # Bounded and depth-safe: the record is read before the rollback starts (limits.py says why).
+        document = json.loads(read_bounded(path, REMEDIATION_RECORD_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise RecordError(f"--rollback {path}: no such remediation record") from None
+    except TooLarge as error:
+        raise RecordError(f"--rollback {path}: refused: {error}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecordError(f"--rollback {path}: cannot be read as JSON: {error}") from None
+    except NESTING_ERRORS:
+        raise RecordError(f"--rollback {path}: not valid JSON: arrays or objects nested too deeply") from None
     if not isinstance(document, dict) or document.get("format") != RECORD_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise RecordError(f"--rollback {path}: key 'format' is {found!r}, expected {RECORD_FORMAT!r}")

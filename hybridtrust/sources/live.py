@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridtrust.facts import FIRST_PARTY_APP_IDS, SHAREPOINT_ONLINE_APP_ID, Collection, Missing, TenantDocuments
+from hybridtrust.limits import LAB_CONNECTION_BYTES, NESTING_ERRORS, TooLarge, read_bounded
 from hybridtrust.powershell import PSRecord
 from hybridtrust.sources.evidence import EXCHANGE_CMDLETS, EXCHANGE_ONLINE_CMDLETS, SHAREPOINT_DOCUMENTS
 from hybridtrust.sources.exchange import EXCHANGE_CONFIGURATION, application_ids_of, collect_exchange
@@ -240,11 +241,15 @@ def _lab_profile_connections(profile: Profile) -> LiveConnections:
     if path is None:
         return _unreachable(profile, "[lab] mode = 'external' needs connection, the file with the lab's JSON line")
     try:
-        line = next((text for text in path.read_text(encoding="utf-8").splitlines() if text.strip()), "")
+        # Bounded: a connection file is one short line; a huge file is not read whole (limits.py says why).
+        content = read_bounded(path, LAB_CONNECTION_BYTES).decode("utf-8")
+        line = next((text for text in content.splitlines() if text.strip()), "")
         description = json.loads(line)
         if not isinstance(description, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:
+    except TooLarge as error:
+        return _unreachable(profile, f"the lab connection file {path} is refused: {error}")
+    except (OSError, ValueError, *NESTING_ERRORS) as error:
         return _unreachable(profile, f"the lab connection file {path} cannot be read: {error}")
     connections = lab_connections(profile, description, origin=f"lab (external, {path})")
     connections.notes.append(f"an external lab ({path}) answered for this run")
