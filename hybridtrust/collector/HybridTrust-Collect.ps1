@@ -26,6 +26,25 @@
     written here: a live run of the suite with --save-evidence writes them, or they
     are exported from Graph as CONTRACTS.md describes.
 
+    Exchange Online's connectors (exchange-online/, which EXO-IOC-CLOUD judges) are
+    not written here either: this script never connects to Exchange Online. Export
+    them in an Exchange Online PowerShell session (the ExchangeOnlineManagement
+    module), with an account that may read the organization's configuration, into
+    the same bundle folder:
+
+        Connect-ExchangeOnline -UserPrincipalName admin@contoso.onmicrosoft.com
+        $folder = New-Item -ItemType Directory -Force -Path 'C:\Evidence\contoso-2026-11-20\exchange-online'
+        Get-IntraOrganizationConnector |
+            Export-Clixml -Path (Join-Path $folder.FullName 'Get-IntraOrganizationConnector.xml') -Encoding UTF8
+        Disconnect-ExchangeOnline -Confirm:$false
+
+    With several tenants, all their connectors go in that one file: run
+    Get-IntraOrganizationConnector after each tenant's Connect-ExchangeOnline,
+    keep the objects in one list, and export the list once. Without the file the
+    offline run reports EXO-IOC-CLOUD as an error ("not collected"), never as a
+    pass. For a live run, name that folder in the profile's [exchange_online]
+    evidence instead.
+
     The functions between the "hybridtrust projections" region markers are also sent,
     unchanged, by the suite's live SharePoint source to the farm's remote PowerShell
     endpoint, so a live run and this script describe the farm with the same objects.
