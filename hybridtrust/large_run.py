@@ -10,7 +10,9 @@ writes both files itself, from the results (`hybridtrust.report_files`, the writ
 per-organization reports), at the very paths and names pytest-html and JUnit would have
 used: the contract (a self-contained HTML page for people, JUnit for pipelines, the
 ``-latest`` copies) is unchanged, the page has no script at all, and smaller runs keep
-pytest-html's page as before.
+pytest-html's page as before. A ``--remediate`` run of any size is written the same way: its
+fixed failures become ``fixed`` only at the end of the run, after pytest-html and JUnit
+recorded them as failed.
 
 The same runs freeze the garbage collector's view of what collection built (`gc.freeze`):
 the facts and the test items live until the end of the run, and every full collection
@@ -51,8 +53,16 @@ def _suite(config: pytest.Config) -> Suite | None:
 
 
 def _take_over(config: pytest.Config, tests: int) -> None:
-    """Unregister pytest-html's and JUnit's report objects before the first test: this run writes both."""
-    if tests < LARGE_RUN_TESTS or _TAKEN_KEY in config.stash or _suite(config) is None:
+    """Unregister pytest-html's and JUnit's report objects before the first test: this run writes both.
+
+    Also for every ``--remediate`` run (not a dry run), whatever its size: its fixed failures become
+    ``fixed`` at the end of the run, after pytest-html and JUnit recorded each test as failed when it
+    ended; written from the results, both reports show the outcome the results document and the exit
+    status give.
+    """
+    if _TAKEN_KEY in config.stash or _suite(config) is None:
+        return
+    if tests < LARGE_RUN_TESTS and not _remediating(config):
         return
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
@@ -109,6 +119,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     original = getattr(fixtures.getfuncargnames, "original", None)
     if original is not None:
         fixtures.getfuncargnames = original
+
+
+def _remediating(config: pytest.Config) -> bool:
+    return bool(config.getoption("remediate", False)) and not config.getoption("dry_run", False)
 
 
 @pytest.hookimpl(trylast=True)
@@ -174,7 +188,7 @@ def run_html(config: pytest.Config, suite: Suite, *, finished: dt.datetime, exit
         f"<h1>{escape(title)}</h1>"
         f'<p class="ht-meta">Run started {suite.started:%Y-%m-%d %H:%M:%S} UTC, finished {finished:%H:%M:%S} UTC; '
         f"exit status {exit_status}. {sum(len(r.results) for r in suite.results.values())} tests: this page is "
-        f"written from the results (runs of {LARGE_RUN_TESTS} tests or more).</p>"
+        f"written from the results (runs of {LARGE_RUN_TESTS} tests or more, and --remediate runs).</p>"
         f"{''.join(sections)}</body></html>\n"
     )
 

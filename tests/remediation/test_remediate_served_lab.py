@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from hybridtrust import catalog
 from hybridtrust.facts import EXCHANGE_ONLINE_APP_ID
@@ -94,6 +95,19 @@ def test_dry_run_remediate_verify_and_roll_back(tmp_path: Path) -> None:
                 assert change["status"] == "applied" and change["applied"] is True, change
                 assert change["read_before"] is not None or change["kind"] == "cmdlet"
                 assert change["verification"]["outcome"] == "passed"
+        # The run's JUnit and HTML say "fixed" too, not the "failed" each test was when it ended.
+        junit = ElementTree.parse(fixed_run.reports / "served-latest.xml").getroot()
+        cases = {
+            case.get("name"): (
+                {p.get("name"): p.get("value") for p in case.iter("property")},
+                case.find("failure") is not None,
+            )
+            for case in junit.iter("testcase")
+        }
+        fixed_cases = [failed for properties, failed in cases.values() if properties.get("outcome") == "fixed"]
+        assert len(fixed_cases) == len(fixed_results) and not any(fixed_cases)
+        page = (fixed_run.reports / "served-latest.html").read_text(encoding="utf-8")
+        assert "fixed" in page and "--remediate runs" in page
         after_state = json.loads(lab.state.read_text(encoding="utf-8"))
         # The 00000002 principal keeps every name it held, Microsoft's own included.
         for tenant_id, names in _names(before_state).items():
