@@ -269,11 +269,19 @@ def _one_line(error: dict[str, Any], document: dict[str, Any], where: str) -> st
         return f"{where}: unknown key '{location[-1]}' in {_describe_location(location[:-1], document) if location[:-1] else 'the top level'}{hint}"
     if kind == "missing":
         return f"{where}: {_describe_location(location, document)} is missing (required)"
-    value = error.get("input")
-    # A boolean as the file spells it: `is true`, not Python's `is True`.
-    shown = "a table" if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else repr(value)
     message = _EXPECTED.get(kind) or message.replace("Input should be", "expected")
-    return f"{where}: {_describe_location(location, document)} is {shown}: {message}"
+    return f"{where}: {_describe_location(location, document)} is {_as_written(error.get('input'))}: {message}"
+
+
+def _as_written(value: Any) -> str:
+    """A value as the file spells it: `true`, `[true, 2]`, not Python's `True`, `[True, 2]`."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return f"[{', '.join(_as_written(item) for item in value)}]"
+    return repr(value)
 
 
 def _known_keys(location: tuple[Any, ...]) -> list[str]:

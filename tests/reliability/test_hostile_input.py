@@ -243,7 +243,7 @@ USAGE = [
     ),
     Usage(
         "profile-boolean-given-a-list",
-        r"FILE: \[organization\] key 'resource_forest' is \[True\]: expected a valid boolean",
+        r"FILE: \[organization\] key 'resource_forest' is \[true\]: expected a boolean \(true/false, unquoted\)",
         profile=_profile_with("resource_forest = false", "resource_forest = [true]"),
     ),
     Usage(
