@@ -140,8 +140,10 @@ def lab_connections(profile: Profile, description: Mapping[str, Any], *, origin:
             password=str(endpoint.get("password") or ""),
             verify_tls=True,
             ca_file=Path(str(endpoint["ca_file"])) if endpoint.get("ca_file") else None,
-            connect_timeout=10,
-            operation_timeout=60,
+            # A lab answers at once: shorter waits than a profile's defaults for a real farm, unless the
+            # profile's section sets them (a benchmark's slow lab, a test of timeouts).
+            connect_timeout=_explicit(section, "connect_timeout_seconds", 10),
+            operation_timeout=_explicit(section, "operation_timeout_seconds", 60),
             max_concurrency=section.max_concurrency if section is not None else 8,
         )
 
@@ -153,6 +155,13 @@ def lab_connections(profile: Profile, description: Mapping[str, Any], *, origin:
         metadata_base=str(graph["authority"]) if isinstance(graph := description.get("graph"), Mapping) else None,
         metadata_ca_file=Path(str(graph["ca_file"])) if isinstance(graph, Mapping) and graph.get("ca_file") else None,
     )
+
+
+def _explicit(section: Any, name: str, lab_default: float) -> float:
+    """The profile section's value when the file sets it, else the lab's own default."""
+    if section is not None and name in section.model_fields_set:
+        return float(getattr(section, name))
+    return lab_default
 
 
 def _lab_graph(profile: Profile, description: Any) -> GraphConnection | Missing:
