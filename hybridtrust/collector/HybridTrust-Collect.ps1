@@ -184,7 +184,9 @@ function Get-HybridTrustServiceApplicationProxy {
     $defaultGroup = Get-SPServiceApplicationProxyGroup -Default
     $members = @($defaultGroup.Proxies | ForEach-Object -Process { $_.Id })
     foreach ($proxy in @(Get-SPServiceApplicationProxy)) {
-        Add-Member -InputObject $proxy -NotePropertyName 'InDefaultProxyGroup' -NotePropertyValue ($members -contains $proxy.Id) -PassThru
+        # -Force: SharePoint hands out its cached proxy objects, and a note added by an earlier call in
+        # this session would otherwise make Add-Member fail.
+        Add-Member -InputObject $proxy -NotePropertyName 'InDefaultProxyGroup' -NotePropertyValue ($members -contains $proxy.Id) -Force -PassThru
     }
 }
 
@@ -363,7 +365,7 @@ function Get-HybridTrustSharePointEvidence {
         Invoke-HybridTrustCollection -Name 'sharepoint/Get-SPAppPrincipal' -Path (Join-Path -Path $Folder -ChildPath 'Get-SPAppPrincipal.xml') -ScriptBlock {
             foreach ($principal in @(Get-SPAppPrincipal -Site $site -NameIdentifier $AppPrincipalNameIdentifier -ErrorAction Stop)) {
                 # Get-SPAppPrincipal answers for one site: note which.
-                Add-Member -InputObject $principal -NotePropertyName 'Site' -NotePropertyValue $site -PassThru
+                Add-Member -InputObject $principal -NotePropertyName 'Site' -NotePropertyValue $site -Force -PassThru
             }
         } | Out-Null
     }
