@@ -480,8 +480,8 @@ def _fixed_as_side_effect(
     fixed: set[tuple[str, str]] = set()
     for failure in failures:
         key = (failure.requirement.id, failure.subject.label)
-        if key in planned:
-            continue
+        if key in planned or failure.result.outcome != "failed":
+            continue  # as in `plan`: an error (no data) or a waived result is never turned into anything
         verdict = rejudge(failure.function, failure.requirement, failure.subject, fresh)
         if verdict.outcome != "passed":
             continue  # still failing (or not judged): it stays failed, with why it has no fix

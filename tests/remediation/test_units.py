@@ -98,13 +98,16 @@ def test_a_failure_without_a_fix_that_passes_once_the_others_are_applied_is_fixe
 
     now_passing = replace(_failure("OWA-BUILD", "failed"), function=judged(True))
     still_failing = replace(_failure("EXO-IOC-CLOUD", "failed"), function=judged(False))
-    plans, not_planned = plan([now_passing, still_failing], None)
+    was_an_error = replace(_failure("HMA-SPN-URLS", "error"), function=judged(True))
+    failures = [now_passing, still_failing, was_an_error]
+    plans, not_planned = plan(failures, None)
     assert plans == [] and len(not_planned) == 2
     run = Remediation(
         RecordFile(tmp_path / "r.json", "p", "o", dry_run=False, allow_risky=False, not_planned=not_planned)
     )
-    _conclude(run, fresh, [now_passing, still_failing])
-    attach_not_planned([now_passing, still_failing], run)
+    _conclude(run, fresh, failures)
+    attach_not_planned(failures, run)
+    assert was_an_error.result.outcome == "error"  # no data is never "fixed"
 
     assert now_passing.result.outcome == "fixed"
     assert now_passing.result.remediation is not None
