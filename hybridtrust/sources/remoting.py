@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -361,18 +361,18 @@ class _PipelineTemplates:
         self._marker = f"hybridtrust-parameter-{os.urandom(8).hex()}-"
 
     def write(self, message: CreatePipeline, serializer: Serializer) -> bytes | None:
-        values: list[str] = []
-        shape = self._shape(message, values)
+        parameters: list[CommandParameter] = []
+        shape = self._shape(message, parameters)
         if shape is None:
             return None
         template = self._templates.get(shape)
         if template is None:
             if shape in self._templates or len(self._templates) >= self._LIMIT:
                 return None
-            template = self._templates[shape] = self._template(message, serializer, len(values))
+            template = self._templates[shape] = self._template(message, serializer, parameters)
             if template is None:
                 return None
-        strings = [_string_bytes(value, serializer) for value in values]
+        strings = [_string_bytes(parameter.value, serializer) for parameter in parameters]
         if any(string is None for string in strings):
             return None
         parts = [template[0]]
@@ -380,11 +380,14 @@ class _PipelineTemplates:
             parts += [string, text]  # type: ignore[list-item]
         return b"".join(parts)
 
-    def _shape(self, value: Any, values: list[str]) -> Any:
-        """A hashable description of everything but the string parameter values (appended to `values`); None: not templated."""
+    def _shape(self, value: Any, parameters: list[CommandParameter]) -> Any:
+        """A hashable description of everything but the string parameter values; None: not templated.
+
+        The parameters whose string values the description leaves out are appended to `parameters`,
+        in the order they are written."""
         if isinstance(value, CommandParameter):
             if isinstance(value.value, str) and value.value:
-                values.append(value.value)
+                parameters.append(value)
                 return ("parameter", value.name, str)
             if value.value is None or isinstance(value.value, (bool, int, float)):
                 return ("parameter", value.name, type(value.value).__name__, value.value)
@@ -394,24 +397,23 @@ class _PipelineTemplates:
             for name, item in sorted(vars(value).items()):
                 if name in self._CLASS_DATA:
                     continue
-                described = self._shape(item, values)
-                if described is None and item is not None:
+                described = self._shape(item, parameters)
+                if described is None:
                     return None
                 fields.append((name, described))
             return (type(value).__qualname__, tuple(fields))
         if isinstance(value, (list, tuple)):
-            items = tuple(self._shape(item, values) for item in value)
-            return None if any(i is None for i, v in zip(items, value, strict=True) if v is not None) else items
+            items = tuple(self._shape(item, parameters) for item in value)
+            return None if any(item is None for item in items) else items
         if value is None or isinstance(value, (str, bool, int, float)):
             return (type(value).__name__, value)
         return None
 
-    def _template(self, message: CreatePipeline, serializer: Serializer, count: int) -> list[bytes] | None:
-        parameters = [
-            p for p in _walk(message) if isinstance(p, CommandParameter) and isinstance(p.value, str) and p.value
-        ]
+    def _template(
+        self, message: CreatePipeline, serializer: Serializer, parameters: list[CommandParameter]
+    ) -> list[bytes] | None:
         originals = [p.value for p in parameters]
-        markers = [f"{self._marker}{index}" for index in range(count)]
+        markers = [f"{self._marker}{index}" for index in range(len(parameters))]
         try:
             for parameter, marker in zip(parameters, markers, strict=True):
                 parameter.value = marker
@@ -426,18 +428,6 @@ class _PipelineTemplates:
                 return None
             parts.append(before)
         return [*parts, text]
-
-
-def _walk(value: Any) -> Iterator[Any]:
-    """Every object inside a message, in the order `_PipelineTemplates._shape` visits them."""
-    yield value
-    if isinstance(value, ComplexObject) and not isinstance(value, CommandParameter):
-        for name, item in sorted(vars(value).items()):
-            if name not in _PipelineTemplates._CLASS_DATA:
-                yield from _walk(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk(item)
 
 
 def _string_bytes(value: str, serializer: Serializer) -> bytes | None:
