@@ -172,12 +172,21 @@ def run_suite(arguments: Sequence[str], folder: Path, timeout: float = SUITE_TIM
 
 # -- what the lab served ----------------------------------------------------------------------------------------------
 def served(counters: dict[str, Any]) -> dict[str, int]:
-    """WSMan requests, PSRP commands and pipelines (Exchange + SharePoint), Graph and token requests."""
-    result = {"wsman_requests": 0, "psrp_commands": 0, "psrp_pipelines": 0, "certificate_queries": 0}
+    """WSMan requests, PSRP commands and pipelines (Exchange + SharePoint), Graph and token requests.
+
+    A ``Select-Object`` stage (the live source's projections) is counted apart, as
+    `projection_stages`: it shapes the answer of the cmdlet before it in the same pipeline,
+    with no request or question of its own.
+    """
+    result = {
+        "wsman_requests": 0, "psrp_commands": 0, "projection_stages": 0, "psrp_pipelines": 0, "certificate_queries": 0,
+    }  # fmt: skip
     for endpoint in ("exchange", "sharepoint"):
         part = counters.get(endpoint) or {}
+        commands = dict(part.get("commands") or {})
         result["wsman_requests"] += sum((part.get("wsman") or {}).values())
-        result["psrp_commands"] += sum((part.get("commands") or {}).values())
+        result["projection_stages"] += int(commands.pop("Select-Object", 0))
+        result["psrp_commands"] += sum(commands.values())
         result["psrp_pipelines"] += int(part.get("pipelines") or 0)
         result["certificate_queries"] += int((part.get("commands") or {}).get("Get-ExchangeCertificate", 0))
     result["exchange_wsman_requests"] = sum(((counters.get("exchange") or {}).get("wsman") or {}).values())

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from hybridtrust.certificates import Certificate, decode_key_identifier
@@ -165,6 +165,17 @@ class ExchangeServer:
     is_client_access: bool
     is_edge: bool
 
+    PROPERTIES: ClassVar[tuple[str, ...]] = (
+        "Name",
+        "Fqdn",
+        "AdminDisplayVersion",
+        "ServerRole",
+        "IsMailboxServer",
+        "IsClientAccessServer",
+        "IsEdgeServer",
+    )
+    """Every property `from_record` reads: all the live source asks Exchange to send (see PROJECTIONS there)."""
+
     def __str__(self) -> str:
         return self.name
 
@@ -235,6 +246,10 @@ AUTHENTICATION_FLAGS = {
 }
 
 
+EXCHANGE_CERTIFICATE_PROPERTIES = ("RawData",)
+"""What is read of Get-ExchangeCertificate's objects: everything else is parsed from the DER."""
+
+
 @dataclass(frozen=True)
 class VirtualDirectory:
     kind: VirtualDirectoryKind
@@ -248,6 +263,19 @@ class VirtualDirectory:
     iis_authentication: tuple[str, ...] | None
     """None when collected with -ADPropertiesOnly (IIS was not asked)."""
     flags: dict[str, bool]
+
+    PROPERTIES: ClassVar[tuple[str, ...]] = (
+        "Identity",  # <server>\\<name>: the Server property (another ADObjectId, a kilobyte) is not asked
+        "Name",
+        "InternalUrl",
+        "ExternalUrl",
+        "InternalAuthenticationMethods",
+        "ExternalAuthenticationMethods",
+        "IISAuthenticationMethods",
+        *AUTHENTICATION_FLAGS.values(),
+    )
+    """What the live source asks of the seven kinds (a kind without a flag sends it empty): what
+    `from_record` reads, but Server, which it takes from the Identity when absent."""
 
     def __str__(self) -> str:
         return f"{self.server}/{self.kind}"
@@ -286,7 +314,8 @@ class VirtualDirectory:
             iis_authentication=None
             if iis is None
             else tuple(str(item) for item in record.list_of("IISAuthenticationMethods")),
-            flags={flag: bool(record.get(flag)) for flag in AUTHENTICATION_FLAGS.values() if flag in record},
+            # A flag the kind does not have is absent from a whole object and empty in a projected one.
+            flags={flag: bool(record[flag]) for flag in AUTHENTICATION_FLAGS.values() if record.get(flag) is not None},
         )
 
 
@@ -456,6 +485,9 @@ class SettingOverride:
 class ClientAccessService:
     name: str
     autodiscover_internal_uri: str | None
+
+    PROPERTIES: ClassVar[tuple[str, ...]] = ("Name", "AutoDiscoverServiceInternalUri")
+    """What `from_record` reads (Select-Object matches names case-insensitively, so one spelling)."""
 
     @classmethod
     def from_record(cls, record: PSRecord) -> ClientAccessService:
@@ -1103,7 +1135,9 @@ class Organization:
         if isinstance(documents, Missing):
             raise NotCollected(documents)
         try:
-            certificates = tuple(Certificate.from_der(record["RawData"]) for record in documents if "RawData" in record)
+            certificates = tuple(
+                Certificate.from_der(record["RawData"]) for record in documents if record.get("RawData") is not None
+            )
         except ValueError as error:
             raise NotCollected(
                 Missing(

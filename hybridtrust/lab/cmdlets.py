@@ -404,12 +404,17 @@ def _build(
 
 def render_everything(state: LabState) -> Iterator[PSObject]:
     """Every Exchange object as the Get- cmdlets of an audit return it (what output_cache.warm builds)."""
+    for _, value in _render_by_cmdlet(state):
+        yield value
+
+
+def _render_by_cmdlet(state: LabState) -> Iterator[tuple[str, PSObject]]:
     directory = Directory.of(state)
     with state.lock:
         for noun in EXCHANGE_NOUNS:
             options = {"ad_properties_only": True} if noun.endswith("VirtualDirectory") else {}
             for data in list(state.objects(noun)):
-                yield _build(state, directory, noun, data, options)
+                yield f"Get-{noun}", _build(state, directory, noun, data, options)
 
 
 def _get(noun: str) -> Handler:
@@ -1651,38 +1656,65 @@ SHAREPOINT_CMDLETS = _sharepoint_table()
 # -- Select-Object, the one pipeline helper a NoLanguage Exchange session allows ------------------------------------
 
 
-def _select_object(parameters: Mapping[str, Any], items: list[Any]) -> list[Any]:
-    first = parameters.get("First")
-    if first is not None:
-        items = items[: int(first)]
-    properties = parameters.get("Property")
+def _select_object(state: LabState, parameters: Mapping[str, Any], items: list[Any]) -> list[Any]:
+    """``Select-Object [-Property <names>] [-First <n>]`` for plain property names, as PowerShell does it.
+
+    Each object becomes a PSCustomObject of type ``Selected.<its type>`` with those properties,
+    matched case-insensitively and named as the object names them; a name the object lacks
+    gives $null; two names for one property are PowerShell's "already exists" error.
+    """
+    given = {name.lower(): value for name, value in parameters.items()}
+    if given.get("first") is not None:
+        items = items[: int(given["first"])]
+    properties = given.get("property")
     if properties is None:
         return items
-    names = [str(p) for p in (properties if isinstance(properties, (list, tuple)) else [properties])]
-    selected = []
+    names = tuple(str(p) for p in (properties if isinstance(properties, (list, tuple)) else [properties]))
+    cache = state.output_cache
+    selected: list[Any] = []
     for item in items:
         if isinstance(item, BaseException):
             selected.append(item)
-            continue
-        values = []
-        for name in names:
-            prop = next(
-                (p for p in item.PSObject.adapted_properties + item.PSObject.extended_properties if p.name == name),
-                None,
+        elif cache is None:
+            selected.append(_selection(item, names))
+        else:  # a benchmark's lab: each object's selection is built (and serialized) once
+            selected.append(
+                cache.object("Select-Object", item, {"Property": names}, functools.partial(_selection, item, names))
             )
-            values.append((name, prop.get_value(item) if prop is not None else None))
-        selected.append(
-            ps_object(
-                [
-                    "Selected." + item.PSObject.type_names[0],
-                    "System.Management.Automation.PSCustomObject",
-                    "System.Object",
-                ],
-                (),
-                values,
-            )
-        )
     return selected
+
+
+def _selection(item: PSObject, names: tuple[str, ...]) -> PSObject | CmdletError:
+    members = {p.name.lower(): p for p in (*item.PSObject.adapted_properties, *item.PSObject.extended_properties)}
+    values: dict[str, Any] = {}
+    for name in names:
+        member = members.get(name.lower())
+        key = member.name if member is not None else name
+        if key.lower() in (existing.lower() for existing in values):
+            return CmdletError(
+                f'The property cannot be processed because the property "{key}" already exists.',
+                error_id="AlreadyExistingUserSpecifiedPropertyNoExpand,Microsoft.PowerShell.Commands.SelectObjectCommand",
+                category="InvalidOperation",
+                exception_type="System.Management.Automation.PSArgumentException",
+                target=_as_text(item),
+            )
+        values[key] = member.get_value(item) if member is not None else None
+    type_names = [
+        "Selected." + item.PSObject.type_names[0],
+        "System.Management.Automation.PSCustomObject",
+        "System.Object",
+    ]
+    return ps_object(type_names, (), values.items())
+
+
+def render_selections(state: LabState) -> Iterator[PSObject | CmdletError]:
+    """What the live source's projections of the per-server objects return (output_cache.warm builds them)."""
+    from hybridtrust.sources.exchange import PROJECTIONS
+
+    for cmdlet, value in _render_by_cmdlet(state):
+        names = PROJECTIONS.get(cmdlet)
+        if names is not None:
+            yield from _select_object(state, {"Property": list(names)}, [value])
 
 
 # -- SharePoint's full-language statements ----------------------------------------------------------------------------
@@ -1846,7 +1878,7 @@ def invoke(state: LabState, endpoint: Endpoint, pipeline: list[Invocation]) -> I
         elif position == 0:
             outputs = list(_run_command(state, endpoint, step, []))
         elif step.name.lower() == "select-object":
-            outputs = _select_object(step.parameters, items)
+            outputs = _select_object(state, step.parameters, items)
         elif step.name.lower() == "out-default":
             outputs = items
         else:

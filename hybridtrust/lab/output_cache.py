@@ -38,7 +38,7 @@ class OutputCache:
         self.state = state
         self._lock = threading.Lock()
         self._revision = state.revision
-        self._objects: dict[tuple[Any, ...], tuple[Mapping[str, Any], Any]] = {}
+        self._objects: dict[tuple[Any, ...], tuple[object, Any]] = {}
         self._built: dict[int, Any] = {}
         """id -> object, for every object this cache built (kept alive, so ids stay theirs)."""
         self._wire: dict[int, bytes] = {}
@@ -53,8 +53,9 @@ class OutputCache:
             self._wire.clear()
             self._revision = self.state.revision
 
-    def object(self, noun: str, data: Mapping[str, Any], options: Mapping[str, Any], build: Builder) -> Any:
-        """The built object for this state object and these options, built once per revision."""
+    def object(self, noun: str, data: object, options: Mapping[str, Any], build: Builder) -> Any:
+        """The built object for this state object (or, for a selection, built object) and these
+        options, built once per revision."""
         key = (noun, id(data), tuple(sorted(options.items())))
         with self._lock:
             self._current()
@@ -110,4 +111,8 @@ def warm(state: LabState) -> int:
     for value in cmdlets.render_everything(state):
         cache.serialized(value)
         count += 1
+    for selection in cmdlets.render_selections(state):  # the live source's Select-Object projections
+        if not isinstance(selection, BaseException):
+            cache.serialized(selection)
+            count += 1
     return count

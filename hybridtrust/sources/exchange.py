@@ -11,6 +11,14 @@ One runspace pool, once per audit, whatever the number of servers or tests:
   reliable server name, and only those servers must hold the auth certificate).
   That is the only part that grows with the organization: one pipeline per server.
 
+The objects there is one of per server (servers, their Client Access services, virtual
+directories and certificates) come back as `PROJECTIONS`: ``| Select-Object -Property``
+the properties facts read. A virtual directory is some sixty properties on the wire, and at
+a thousand servers whole objects are 60 MB that both ends serialize and parse, for a
+dozen properties. When the CLIXML is kept to be saved as an evidence bundle
+(``--save-evidence``), whole objects are asked for, as the collector script exports them:
+a bundle may be read by people and tools that need more than this audit.
+
 Up to ``max_concurrency`` (at most 18, Exchange's PowerShellMaxConcurrency) pools of one
 runspace each, one thread and one connection per pool, take the pipelines from one queue
 (`hybridtrust.sources.remoting.run_commands_on_pools`), so that many requests are in
@@ -33,7 +41,15 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from hybridtrust.facts import VIRTUAL_DIRECTORY_CMDLETS, Collection, ExchangeServer, Missing
+from hybridtrust.facts import (
+    EXCHANGE_CERTIFICATE_PROPERTIES,
+    VIRTUAL_DIRECTORY_CMDLETS,
+    ClientAccessService,
+    Collection,
+    ExchangeServer,
+    Missing,
+    VirtualDirectory,
+)
 from hybridtrust.powershell import PSRecord
 from hybridtrust.sources.evidence import CERTIFICATES_FOLDER, EXCHANGE_CMDLETS
 from hybridtrust.sources.remoting import (
@@ -55,6 +71,13 @@ ROLE_ASSIGNMENTS = "Get-ManagementRoleAssignment"
 APPLICATION_ACCOUNTS = ("Exchange Online-ApplicationAccount", "SfBOnline-ApplicationAccount")
 """The accounts partner applications act as (S0's Exchange Online, S1's Skype for Business Online)."""
 CERTIFICATES = "Get-ExchangeCertificate"
+PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "Get-ExchangeServer": ExchangeServer.PROPERTIES,
+    "Get-ClientAccessService": ClientAccessService.PROPERTIES,
+    **{cmdlet: VirtualDirectory.PROPERTIES for cmdlet in VIRTUAL_DIRECTORY_CMDLETS.values()},
+    CERTIFICATES: EXCHANGE_CERTIFICATE_PROPERTIES,
+}
+"""The properties asked of the cmdlets whose objects grow with the servers: what facts read of them."""
 
 
 @dataclass
@@ -94,20 +117,24 @@ def application_ids_of(auth_servers: list[PSRecord]) -> list[str]:
     return found
 
 
-def organization_commands() -> list[Command]:
-    """The org-wide pipelines, Get-ExchangeServer first so the certificate queries can start early."""
+def organization_commands(*, projected: bool = True) -> list[Command]:
+    """The org-wide pipelines, Get-ExchangeServer first so the certificate queries can start early.
+
+    `projected`: the per-server objects as `PROJECTIONS` (False: whole objects, for an evidence bundle).
+    """
     ordered = ["Get-ExchangeServer", *(cmdlet for cmdlet in EXCHANGE_CMDLETS if cmdlet != "Get-ExchangeServer")]
     virtual_directories = set(VIRTUAL_DIRECTORY_CMDLETS.values())
     commands: list[Command] = []
     for cmdlet in ordered:
+        select = PROJECTIONS.get(cmdlet, ()) if projected else ()
         if cmdlet == ROLE_ASSIGNMENTS:
             commands.extend(
                 Command(f"{cmdlet}/{account}", cmdlet, (("RoleAssignee", account),)) for account in APPLICATION_ACCOUNTS
             )
         elif cmdlet in virtual_directories:
-            commands.append(Command(cmdlet, cmdlet, (("ADPropertiesOnly", None),)))
+            commands.append(Command(cmdlet, cmdlet, (("ADPropertiesOnly", None),), select))
         else:
-            commands.append(Command(cmdlet, cmdlet))
+            commands.append(Command(cmdlet, cmdlet, select=select))
     return commands
 
 
@@ -124,8 +151,9 @@ def certificate_servers(records: Iterable[PSRecord]) -> list[str]:
     return names
 
 
-def certificate_command(server: str) -> Command:
-    return Command(f"{CERTIFICATES_FOLDER}/{server}", CERTIFICATES, (("Server", server),))
+def certificate_command(server: str, *, projected: bool = True) -> Command:
+    select = PROJECTIONS[CERTIFICATES] if projected else ()
+    return Command(f"{CERTIFICATES_FOLDER}/{server}", CERTIFICATES, (("Server", server),), select)
 
 
 def collect_exchange(
@@ -139,7 +167,7 @@ def collect_exchange(
     `early` hears each organization-wide cmdlet's records (None if it failed) as soon as they
     arrive, from a collection thread: the live source starts Graph once Get-AuthServer answered.
     `keep_clixml`: remember each record's CLIXML as the server sent it (`remoting.original_clixml`),
-    which only --save-evidence reads.
+    which only --save-evidence reads; whole objects are then asked for, not `PROJECTIONS`.
     """
     uri = settings.uri if isinstance(settings, RemotingSettings) else "the profile's [exchange] uri"
     documents = ExchangeDocuments(uri=uri)
@@ -177,6 +205,7 @@ def _collect(
         cause = describe_transport_error(error, settings)
         _fail_all(documents, f"could not open Exchange remote PowerShell at {settings.uri} as {settings.who}: {cause}")
         return
+    projected = not keep_clixml
 
     def follow_up(command: Command, outcome: Outcome) -> list[Command]:
         if early is not None:
@@ -184,13 +213,13 @@ def _collect(
         # The certificate queries join the queue as soon as the server list is known.
         if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
             return []
-        return [certificate_command(name) for name in certificate_servers(outcome.records)]
+        return [certificate_command(name, projected=projected) for name in certificate_servers(outcome.records)]
 
     # Up to max_concurrency pools, one thread and connection each (run_commands_on_pools says why);
     # every pool is closed when the work is done.
     outcomes = run_commands_on_pools(
         pool,
-        organization_commands(),
+        organization_commands(projected=projected),
         settings,
         pools=settings.max_concurrency,
         follow_up=follow_up,

@@ -445,11 +445,17 @@ _PIPELINE_TEMPLATES = _PipelineTemplates()
 # -- running commands ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Command:
-    """One cmdlet with literal parameters: one pipeline. A value of None is a switch."""
+    """One cmdlet with literal parameters: one pipeline. A value of None is a switch.
+
+    `select`: the properties to send back (``| Select-Object -Property ...``), or () for whole
+    objects. Select-Object is one of the few cmdlets a restricted remote session always has
+    (those Import-PSSession needs), so it works in Exchange's NoLanguage runspace too.
+    """
 
     key: str
     cmdlet: str
     parameters: tuple[tuple[str, Any], ...] = ()
+    select: tuple[str, ...] = ()
 
     def pipeline(self, pool: RunspacePool) -> PowerShell:
         # add_cmdlet/add_parameter only: the Exchange runspace is NoLanguage, and values
@@ -457,6 +463,11 @@ class Command:
         shell = PowerShell(pool).add_cmdlet(self.cmdlet)
         for name, value in self.parameters:
             shell.add_parameter(name, value)
+        if self.select:
+            # One name travels as a string (PowerShell binds it to -Property's object[]), so a
+            # per-server pipeline keeps its template (_PipelineTemplates writes string values only).
+            names = self.select[0] if len(self.select) == 1 else list(self.select)
+            shell.add_cmdlet("Select-Object").add_parameter("Property", names)
         return shell
 
 

@@ -45,13 +45,15 @@ def test_a_generated_organization_and_its_profile(tmp_path: Path) -> None:
 def test_counters_and_the_latency_bound() -> None:
     counters = {
         "exchange": {"wsman": {"Create": 16, "Command": 25, "Receive": 30, "Signal": 25, "Delete": 16},
-                     "commands": {"Get-AuthServer": 1, "Get-ExchangeCertificate": 10}, "pipelines": 25},
+                     "commands": {"Get-AuthServer": 1, "Get-ExchangeCertificate": 10, "Select-Object": 10},
+                     "pipelines": 25},
         "sharepoint": {"wsman": {"Create": 1, "Command": 8}, "commands": {"Add-PSSnapin": 1}, "pipelines": 7},
         "graph": {"by_endpoint": {"GET /v1.0/domains": 3, "GET /v1.0/organization": 3, "POST /x/oauth2/v2.0/token": 3}},
     }  # fmt: skip
     served = benchmark.served(counters)
     assert served["wsman_requests"] == 112 + 9 and served["exchange_wsman_requests"] == 112
     assert served["psrp_commands"] == 12 and served["certificate_queries"] == 10 and served["psrp_pipelines"] == 32
+    assert served["projection_stages"] == 10  # Select-Object rides in its cmdlet's pipeline: no question of its own
     assert served["graph_requests"] == 6 and served["token_requests"] == 3
     # Every Exchange cmdlet once (role assignments once per application account), SharePoint's after
     # its two preparation commands, and one certificate query per server.

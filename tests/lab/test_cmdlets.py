@@ -99,6 +99,31 @@ def test_scripts_are_refused_in_the_no_language_runspace(state: LabState) -> Non
     )
 
 
+def test_select_object_keeps_the_named_properties_as_the_object_spells_them(state: LabState) -> None:
+    (server, *_) = wire(
+        run(state, cmd("Get-ExchangeServer"), cmd("Select-Object", Property=["name", "AdminDisplayVersion", "NoSuch"]))
+    )
+    assert server.PSTypeNames[:2] == [
+        "Deserialized.Selected.Microsoft.Exchange.Data.Directory.Management.ExchangeServer",
+        "Deserialized.System.Management.Automation.PSCustomObject",
+    ]
+    assert [p.name for p in server.PSObject.extended_properties] == ["Name", "AdminDisplayVersion", "NoSuch"]
+    assert server.Name == "EX01" and server.NoSuch is None
+    assert str(server.AdminDisplayVersion).startswith("Version 15.")
+    (certificate, *_) = wire(
+        run(state, cmd("Get-ExchangeCertificate", Server="EX01"), cmd("Select-Object", Property="RawData"))
+    )
+    assert [p.name for p in certificate.PSObject.extended_properties] == ["RawData"]
+    assert isinstance(certificate.RawData, bytes)
+
+
+def test_select_object_refuses_one_property_named_twice(state: LabState) -> None:
+    errors = run(state, cmd("Get-OrganizationConfig"), cmd("Select-Object", Property=["Name", "NAME"]))
+    assert [type(error) for error in errors] == [CmdletError]
+    assert errors[0].message == 'The property cannot be processed because the property "Name" already exists.'
+    assert not errors[0].terminating
+
+
 def test_certificate_lookups_follow_changes_of_the_organization(state: LabState) -> None:
     # Servers and certificates are looked up in indexes (LabState.derived); a change rebuilds them.
     def thumbprints(server: str) -> list[str]:

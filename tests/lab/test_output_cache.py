@@ -6,10 +6,11 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from hybridtrust.lab import output_cache
-from hybridtrust.lab.cmdlets import render_everything
+from hybridtrust.lab.cmdlets import render_everything, render_selections
 from hybridtrust.lab.contoso import flawed_contoso
 from hybridtrust.lab.exchange_objects import Directory, exchange_object
 from hybridtrust.lab.server import start_lab
+from hybridtrust.sources.exchange import PROJECTIONS
 from tests.support import NOW
 
 
@@ -20,6 +21,8 @@ def test_cached_bytes_are_psrpcore_bytes_and_a_change_empties_the_cache() -> Non
     directory = Directory.of(state)
     for value in render_everything(state):  # every object, served from the cache as psrpcore writes it
         assert cache.serialized(value) == output_cache.clixml(value)
+    selections = [value for value in render_selections(state) if not isinstance(value, BaseException)]
+    assert selections and all(cache.serialized(value) == output_cache.clixml(value) for value in selections)
     mapi = state.objects("MapiVirtualDirectory")[0]
     before = cache.object("MapiVirtualDirectory", mapi, {"ad_properties_only": True}, lambda: None)
     assert before is not None  # built by warm
@@ -44,5 +47,8 @@ def test_a_cached_lab_answers_like_an_uncached_one() -> None:
             with RunspacePool(wsman, configuration_name="Microsoft.Exchange") as pool:
                 shell = PowerShell(pool).add_cmdlet("Get-OwaVirtualDirectory").add_parameter("ADPropertiesOnly", True)
                 answers.append([value._xml for value in shell.invoke()])
+                shell = PowerShell(pool).add_cmdlet("Get-ExchangeServer")
+                shell.add_cmdlet("Select-Object").add_parameter("Property", list(PROJECTIONS["Get-ExchangeServer"]))
+                answers.append([value._xml for value in shell.invoke()])
         assert not cached or state.output_cache.hits > 0
-    assert answers[0] == answers[1] and answers[0]
+    assert answers[:2] == answers[2:] and all(answers)

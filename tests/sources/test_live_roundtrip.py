@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from hybridtrust.lab.server import Lab, start_lab
 from hybridtrust.powershell import PSRecord
 from hybridtrust.profile import ExchangeOnlineSection, LabSection, Profile, load_profile
 from hybridtrust.sources.evidence import read_evidence_bundle, read_manifest
+from hybridtrust.sources.exchange import CERTIFICATES, PROJECTIONS
 from hybridtrust.sources.live import EXCHANGE_ONLINE_NOT_REACHED, collect_live
 from hybridtrust.sources.remoting import original_clixml, output_record
 from hybridtrust.sources.save import records_to_clixml, save_evidence_bundle
@@ -112,6 +114,32 @@ def test_saved_and_read_back_gives_the_same_facts(round_trip: RoundTrip) -> None
         assert offline_tenant.applications == live_tenant.applications
         for app_id in FIRST_PARTY_APP_IDS:
             assert offline_tenant.service_principal_or_none(app_id) == live_tenant.service_principal_or_none(app_id)
+
+
+def test_an_audit_asks_for_projections_and_gets_the_facts_of_whole_objects(round_trip: RoundTrip, lab: Lab) -> None:
+    lab.exchange.reset_counters()
+    projected = collect_live(round_trip.profile, keep_clixml=False)  # an audit that saves no evidence
+    received = lab.exchange.counters()["received"]
+
+    # Each per-server cmdlet, and each certificate query, is piped to Select-Object with its
+    # projection (the lab records a pipeline's commands in order); no other cmdlet is.
+    asked: dict[str, set[tuple[str, ...]]] = {}
+    for before, entry in itertools.pairwise(received):
+        if entry["cmdlet"] == "Select-Object":
+            names = entry["parameters"]["Property"]
+            asked.setdefault(before["cmdlet"], set()).add(tuple(names) if isinstance(names, list) else (names,))
+    assert asked == {cmdlet: {names} for cmdlet, names in PROJECTIONS.items()}
+    assert sum(entry["cmdlet"] == CERTIFICATES for entry in received) == 4
+
+    whole = organization(round_trip.profile, round_trip.live)  # kept to be saved: whole objects
+    assert all("Server" in record for record in round_trip.live.exchange["Get-OwaVirtualDirectory"])  # type: ignore[union-attr]
+    part = organization(round_trip.profile, projected)
+    assert not any("Server" in record for record in projected.exchange["Get-OwaVirtualDirectory"])  # type: ignore[union-attr]
+    assert part.servers == whole.servers
+    assert part.virtual_directories() == whole.virtual_directories()
+    assert part.client_access_services == whole.client_access_services
+    for server in whole.auth_certificate_servers:
+        assert part.certificates_of(server.name) == whole.certificates_of(server.name)
 
 
 def test_the_bundle_holds_what_the_server_sent_and_no_secret(round_trip: RoundTrip, lab: Lab) -> None:

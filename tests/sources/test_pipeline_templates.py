@@ -17,17 +17,24 @@ from pypsrp.complex_objects import (
 from pypsrp.messages import CreatePipeline, Message
 from pypsrp.serializer import Serializer
 
+from hybridtrust.sources.exchange import certificate_command
 from hybridtrust.sources.remoting import _PIPELINE_TEMPLATES, _RawOutputSerializer
 
 POOL = "0b4e2f4c-2c5a-4e0f-9a51-6d3c1f0e8a11"
 PIPELINE = "7d1c9e02-3b6f-4a8d-8e27-5f9a0c4b2d63"
 
 
-def create_pipeline(cmdlet: str, parameters: list[tuple[str, Any]]) -> CreatePipeline:
-    """The message pypsrp's PowerShell.begin_invoke builds for add_cmdlet + add_parameter."""
+def create_pipeline(cmdlet: str, parameters: list[tuple[str, Any]], select: Any = None) -> CreatePipeline:
+    """The message pypsrp's PowerShell.begin_invoke builds for add_cmdlet + add_parameter
+    (and, with `select`, ``add_cmdlet("Select-Object").add_parameter("Property", select)``)."""
     command = Command(cmd=cmdlet, protocol_version="2.3", is_script=False, use_local_scope=None)
     command.args.extend(CommandParameter(name=name, value=value) for name, value in parameters)
-    pipeline = Pipeline(is_nested=False, cmds=[command], history=None, redirect_err_to_out=False)
+    commands = [command]
+    if select is not None:
+        projection = Command(cmd="Select-Object", protocol_version="2.3", is_script=False, use_local_scope=None)
+        projection.args.append(CommandParameter(name="Property", value=select))
+        commands.append(projection)
+    pipeline = Pipeline(is_nested=False, cmds=commands, history=None, redirect_err_to_out=False)
     return CreatePipeline(
         True, ApartmentState(value=2), RemoteStreamOptions(value=15), False, HostInfo(), pipeline, False
     )
@@ -45,6 +52,16 @@ def test_a_certificate_query_is_written_from_its_template() -> None:
     assert isinstance(serializer.serialize(second), bytes)
     assert packed(second, serializer) == packed(second, Serializer())
     assert first == packed(create_pipeline("Get-ExchangeCertificate", [("Server", "EX0001")]), Serializer())
+
+
+def test_a_projected_certificate_query_is_written_from_its_template() -> None:
+    # certificate_command's pipeline: the one projected name travels as a string, so it is templated.
+    (name,) = certificate_command("EX0001").select
+    serializer = _RawOutputSerializer()
+    packed(create_pipeline("Get-ExchangeCertificate", [("Server", "EX0001")], name), serializer)
+    second = create_pipeline("Get-ExchangeCertificate", [("Server", "EX0002")], name)
+    assert isinstance(serializer.serialize(second), bytes)
+    assert packed(second, serializer) == packed(second, Serializer())
 
 
 # Text Exchange could be asked for: markup, PowerShell's own _xHHHH_ escapes, control characters,
