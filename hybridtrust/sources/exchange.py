@@ -17,7 +17,9 @@ the properties facts read. A virtual directory is some sixty properties on the w
 a thousand servers whole objects are 60 MB that both ends serialize and parse, for a
 dozen properties. When the CLIXML is kept to be saved as an evidence bundle
 (``--save-evidence``), whole objects are asked for, as the collector script exports them:
-a bundle may be read by people and tools that need more than this audit.
+a bundle may be read by people and tools that need more than this audit. An endpoint that
+refuses Select-Object (a custom restricted one) is asked again for whole objects, and the
+report's notes say so.
 
 Up to ``max_concurrency`` (at most 18, Exchange's PowerShellMaxConcurrency) pools of one
 runspace each, one thread and one connection per pool, take the pipelines from one queue
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hybridtrust.facts import (
     EXCHANGE_CERTIFICATE_PROPERTIES,
@@ -206,14 +208,20 @@ def _collect(
         _fail_all(documents, f"could not open Exchange remote PowerShell at {settings.uri} as {settings.who}: {cause}")
         return
     projected = not keep_clixml
+    whole_objects: list[str] = []
 
     def follow_up(command: Command, outcome: Outcome) -> list[Command]:
+        if command.select and outcome.error is not None and "Select-Object" in outcome.error:
+            # A session without Select-Object (a custom restricted endpoint): ask again for whole objects.
+            whole_objects.append(command.cmdlet)
+            return [replace(command, select=())]
         if early is not None:
             early(command.cmdlet, outcome.records if outcome.error is None else None)
         # The certificate queries join the queue as soon as the server list is known.
         if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
             return []
-        return [certificate_command(name, projected=projected) for name in certificate_servers(outcome.records)]
+        project = projected and not whole_objects
+        return [certificate_command(name, projected=project) for name in certificate_servers(outcome.records)]
 
     # Up to max_concurrency pools, one thread and connection each (run_commands_on_pools says why);
     # every pool is closed when the work is done.
@@ -226,7 +234,12 @@ def _collect(
         opener=lambda: open_pool(settings, 1, raw_output=True),
         remember=keep_clixml,
     )
-    documents.pipelines = len(outcomes)
+    documents.pipelines = len(outcomes) + len(whole_objects)
+    if whole_objects:
+        documents.notes.append(
+            f"Exchange at {settings.uri} refused Select-Object, so {len(whole_objects)} queries "
+            f"({', '.join(sorted(set(whole_objects)))}) were asked again for whole objects: slower, same facts"
+        )
     _file(documents, settings, outcomes)
 
 

@@ -198,6 +198,28 @@ def test_a_failing_cmdlet_is_missing_with_the_servers_words(lab: Lab, recorder: 
     assert len(reasons(documents)) == 1
 
 
+def test_a_session_without_select_object_gets_whole_objects_and_the_same_facts(lab: Lab, recorder: Recorder) -> None:
+    # A custom restricted endpoint may leave Select-Object out: the projected queries are asked
+    # again for whole objects, the certificate queries are sent without it, and the report says so.
+    recorder.failing["Select-Object"] = cmdlets.command_not_found("Select-Object")
+    documents = collect_exchange(settings_for(lab.exchange), keep_clixml=False)
+    assert reasons(documents) == []
+    refused = [name for name, _, _ in recorder.commands if name == "Select-Object"]
+    assert len(refused) == 9  # Get-ExchangeServer, Get-ClientAccessService and the seven virtual directories
+    sent = [name for name, _, _ in recorder.commands]  # a pipeline's commands are recorded together
+    certificates = [i for i, name in enumerate(sent) if name == "Get-ExchangeCertificate"]
+    assert certificates and all(sent[i + 1 : i + 2] != ["Select-Object"] for i in certificates)
+    assert any("refused Select-Object" in note and "whole objects" in note for note in documents.notes)
+
+    recorder.reset()
+    projected = collect_exchange(settings_for(lab.exchange), keep_clixml=False)
+    assert not any("Select-Object" in note for note in projected.notes)
+    for kind, cmdlet in VIRTUAL_DIRECTORY_CMDLETS.items():
+        whole = [VirtualDirectory.from_record(kind, r) for r in documents.exchange[cmdlet]]  # type: ignore[union-attr]
+        part = [VirtualDirectory.from_record(kind, r) for r in projected.exchange[cmdlet]]  # type: ignore[union-attr]
+        assert whole == part and whole
+
+
 def test_one_unreachable_server_costs_only_its_certificates(lab: Lab) -> None:
     with lab.state.changing() as document:
         document["lab"]["servers_down"] = ["EX03"]
