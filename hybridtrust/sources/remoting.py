@@ -60,6 +60,7 @@ from pypsrp.wsman import WSMan
 
 from hybridtrust.clixml import ClixmlError, parse_psrp_object
 from hybridtrust.powershell import PSRecord
+from hybridtrust.sources.steady_transport import use_steady_transport
 
 if TYPE_CHECKING:
     from hybridtrust.profile import RemotingSection
@@ -165,7 +166,7 @@ class RemotingSettings:
         validation: bool | str = self.verify_tls
         if self.verify_tls and self.ca_file is not None:
             validation = str(self.ca_file)
-        return WSMan(
+        wsman = WSMan(
             server=parts.hostname or "",
             port=parts.port or (443 if https else 80),
             path=parts.path.strip("/") or "wsman",
@@ -181,6 +182,8 @@ class RemotingSettings:
             # an https_proxy in a scheduled job's environment must not capture credentials.
             no_proxy=True,
         )
+        use_steady_transport(wsman)  # Basic/certificate over https: urllib3 after the first request
+        return wsman
 
 
 def _environment(environ: Mapping[str, str], name: str | None, key: str) -> str | None:
