@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ from psrpcore.types import (
     PSVersion,
     RunspacePoolState,
     add_note_property,
+    deserialize,
     serialize,
 )
 
@@ -238,13 +240,116 @@ def _peek_pipeline_id(data: bytes) -> uuid.UUID | None:
     return uuid.UUID(bytes_le=bytes(data[21 + 24 : 21 + 40]))
 
 
+# --------------------------------------------------------------------------- reading CREATE_PIPELINE once per shape
+_STRING_VALUE = re.compile(rb'<S N="V">([^<]*)</S>')
+"""A parameter's string value in a CREATE_PIPELINE (an Args entry: ``<S N="N">name</S><S N="V">value</S>``)."""
+
+
+class _PipelineReadings:
+    """psrpcore's reading of each CREATE_PIPELINE shape, with the string parameter values put in per message.
+
+    psrpcore reads a CREATE_PIPELINE into some eighty PSObjects and then into a `psrpcore.PowerShell`
+    (2 ms of the lab's CPU per pipeline, the most expensive thing the lab does). A client's
+    per-server queries differ only in their string parameter values (``-Server EX0001``), so
+    the first message of a shape (everything but those values) is read by psrpcore with a
+    marker in place of each value, and every message of the shape, the first included, is that
+    reading with the markers replaced by the message's own values, each read by psrpcore as a
+    string. Messages with a SecureString (whose reading depends on the session key) are read by
+    psrpcore whole. tests/lab/test_psrp_server.py checks the readings equal psrpcore's own.
+    """
+
+    _LIMIT = 64  # shapes per shell; a shell that sends more gets the rest read whole
+    _COMMAND_FIELDS = (
+        "end_of_statement",
+        "merge_unclaimed",
+        "_merge_my",
+        "_merge_to",
+        "_merge_error",
+        "_merge_warning",
+        "_merge_verbose",
+        "_merge_debug",
+        "_merge_information",
+    )
+
+    def __init__(self, read: Callable[[bytes], PSObject]) -> None:
+        self._read = read
+        """CLIXML -> psrpcore's deserialized object, with the shell's cipher and capabilities."""
+        self._marker = f"hybridtrust-value-{uuid.uuid4().hex}-"
+        self._shapes: dict[bytes, psrpcore.PowerShell] = {}
+
+    def pipeline(self, data: bytes) -> psrpcore.PowerShell:
+        if b"<SS" in data:
+            return psrpcore.PowerShell.FromPSObjectForRemoting(self._read(data))
+        values = _STRING_VALUE.findall(data)
+        shape = _STRING_VALUE.sub(b'<S N="V"/>', data)
+        template = self._shapes.get(shape)
+        if template is None:
+            markers = iter(range(len(values)))
+            masked = _STRING_VALUE.sub(lambda _: f'<S N="V">{self._marker}{next(markers)}</S>'.encode(), data)
+            template = psrpcore.PowerShell.FromPSObjectForRemoting(self._read(masked))
+            if len(self._shapes) < self._LIMIT:
+                self._shapes[shape] = template
+        strings = {f"{self._marker}{index}": self._read(b"<S>" + value + b"</S>") for index, value in enumerate(values)}
+        return self._with_values(template, strings)
+
+    def _with_values(self, template: psrpcore.PowerShell, strings: dict[str, Any]) -> psrpcore.PowerShell:
+        pipeline = psrpcore.PowerShell(
+            add_to_history=template.add_to_history,
+            apartment_state=template.apartment_state,
+            history=template.history,
+            host=template.host,
+            is_nested=template.is_nested,
+            no_input=template.no_input,
+            remote_stream_options=template.remote_stream_options,
+            redirect_shell_error_to_out=template.redirect_shell_error_to_out,
+        )
+        for command in template.commands:
+            copy = psrpcore.Command(
+                name=command.command_text, is_script=command.is_script, use_local_scope=command.use_local_scope
+            )
+            copy.parameters = [
+                (name, strings.get(value, value) if isinstance(value, str) else value)
+                for name, value in command.parameters
+            ]
+            for field in self._COMMAND_FIELDS:
+                setattr(copy, field, getattr(command, field))
+            pipeline.commands.append(copy)
+        return pipeline
+
+
 # --------------------------------------------------------------------------- the shell
 class _RunspacePool(psrpcore.ServerRunspacePool):
-    """psrpcore's server pool, reading the call id of SET_MAX/MIN_RUNSPACES case-insensitively.
+    """psrpcore's server pool, reading the call id of SET_MAX/MIN_RUNSPACES case-insensitively,
+    and each CREATE_PIPELINE through `_PipelineReadings`.
 
     pypsrp names that property ``CI``, psrpcore looks for ``ci``; PowerShell itself reads
     PSObject properties case-insensitively, so a real server accepts both.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._readings = _PipelineReadings(self._deserialize)
+
+    def _deserialize(self, data: bytes) -> PSObject:
+        return deserialize(
+            ElementTree.fromstring(data),
+            cipher=self._cipher,
+            our_capability=self.our_capability,
+            their_capability=self.their_capability,
+        )
+
+    def _process_message(self, message: PSRPMessage) -> psrpcore.PSRPEvent:
+        # psrpcore's own steps for a CREATE_PIPELINE (deserialize, create the event, store the
+        # pipeline's metadata), with the reading from `_PipelineReadings`. The event carries no
+        # object: the lab reads the pipeline from the metadata stored here (PSRPShell._pipeline_of).
+        if message.message_type != PSRPMessageType.CreatePipeline:
+            return super()._process_message(message)
+        pipeline = self._readings.pipeline(bytes(message.data))
+        event = psrpcore.PSRPEvent.create(message.message_type, None, message.runspace_pool_id, message.pipeline_id)
+        if event.pipeline_id not in self.pipeline_table:
+            raise psrpcore.PSRPCoreError(f"Failed to find pipeline for incoming event {event.pipeline_id!s}")
+        self.pipeline_table[event.pipeline_id].metadata = pipeline
+        return event
 
     def _process_SetMaxRunspaces(self, event: psrpcore.SetMaxRunspacesEvent) -> None:
         _lowercase_ci(event)
@@ -486,14 +591,14 @@ class PSRPShell:
         # host responses are not expected (the lab's cmdlets never prompt).
 
     def _pipeline_of(self, event: psrpcore.CreatePipelineEvent) -> psrpcore.PowerShell:
-        """The pipeline a CREATE_PIPELINE carries, as psrpcore read it while processing the event.
+        """The pipeline a CREATE_PIPELINE carries, as `_RunspacePool` stored it while processing the event.
 
-        ``event.pipeline`` deserializes the message again on every access (a tenth of the lab's
-        CPU per command); psrpcore's server pool has already stored that same reading as the
-        pipeline's ``metadata``.
+        (``event.pipeline`` would deserialize the message again; the lab's events carry no object.)
         """
         stored = self._pool.pipeline_table[event.pipeline_id].metadata
-        return stored if isinstance(stored, psrpcore.PowerShell) else event.pipeline
+        if not isinstance(stored, psrpcore.PowerShell):
+            raise internal_error(f"The pipeline {event.pipeline_id} has no CREATE_PIPELINE reading.")
+        return stored
 
     def _run_for(self, pipeline_id: uuid.UUID | None) -> _Run:
         for run in self._runs.values():
