@@ -47,6 +47,7 @@ from psrpcore.types import (
     PSInvocationState,
     PSObject,
     PSRPMessageType,
+    PSString,
     PSVersion,
     RunspacePoolState,
     add_note_property,
@@ -289,8 +290,13 @@ class _PipelineReadings:
             template = psrpcore.PowerShell.FromPSObjectForRemoting(self._read(masked))
             if len(self._shapes) < self._LIMIT:
                 self._shapes[shape] = template
-        strings = {f"{self._marker}{index}": self._read(b"<S>" + value + b"</S>") for index, value in enumerate(values)}
+        strings = {f"{self._marker}{index}": self._string(value) for index, value in enumerate(values)}
         return self._with_values(template, strings)
+
+    def _string(self, text: bytes) -> Any:
+        if b"&" in text or b"_x" in text or b"\r" in text:
+            return self._read(b"<S>" + text + b"</S>")  # XML's entities or PowerShell's _xHHHH_ escapes
+        return PSString(text.decode())  # what psrpcore reads from <S> without either
 
     def _with_values(self, template: psrpcore.PowerShell, strings: dict[str, Any]) -> psrpcore.PowerShell:
         pipeline = psrpcore.PowerShell(

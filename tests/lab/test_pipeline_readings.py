@@ -67,6 +67,7 @@ PIPELINES = {
         .add_parameter("Ratio", 0.5)
         .add_parameter("Clear", None)
     ),
+    "line ends and spaces": lambda ps: ps.add_cmdlet("Set-User").add_parameter("Notes", "  a\r\nb\tc  "),
     "empty string": lambda ps: ps.add_cmdlet("Get-User").add_parameter("Filter", ""),
     "script with arguments": lambda ps: ps.add_script("param($a) $a").add_argument("x").add_argument(3),
     "two statements": lambda ps: (
