@@ -209,6 +209,17 @@ def _collect(
         return
     projected = not keep_clixml
     whole_objects: list[str] = []
+    queried: set[str] = set()
+
+    def certificate_queries(servers: list[PSRecord]) -> list[Command]:
+        project = projected and not whole_objects
+        names = [name for name in certificate_servers(servers) if name not in queried]
+        queried.update(names)
+        return [certificate_command(name, projected=project) for name in names]
+
+    def as_output_arrives(command: Command, records: list[PSRecord]) -> list[Command]:
+        # A thousand servers take Get-ExchangeServer several Receives: their queries start with the first.
+        return certificate_queries(records) if command.cmdlet == "Get-ExchangeServer" else []
 
     def follow_up(command: Command, outcome: Outcome) -> list[Command]:
         if command.select and outcome.error is not None and "Select-Object" in outcome.error:
@@ -217,11 +228,10 @@ def _collect(
             return [replace(command, select=())]
         if early is not None:
             early(command.cmdlet, outcome.records if outcome.error is None else None)
-        # The certificate queries join the queue as soon as the server list is known.
+        # The certificate queries of servers not yet asked about (as_output_arrives queued the others).
         if command.cmdlet != "Get-ExchangeServer" or outcome.error is not None:
             return []
-        project = projected and not whole_objects
-        return [certificate_command(name, projected=project) for name in certificate_servers(outcome.records)]
+        return certificate_queries(outcome.records)
 
     # Up to max_concurrency pools, one thread and connection each (run_commands_on_pools says why);
     # every pool is closed when the work is done.
@@ -231,6 +241,7 @@ def _collect(
         settings,
         pools=settings.max_concurrency,
         follow_up=follow_up,
+        as_output_arrives=as_output_arrives,
         opener=lambda: open_pool(settings, 1, raw_output=True),
         remember=keep_clixml,
     )

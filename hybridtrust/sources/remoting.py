@@ -35,6 +35,7 @@ within the bound).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -610,7 +611,11 @@ def _finish(
     clock: Callable[[], float],
     *,
     remember: bool = True,
+    on_output: Callable[[list[PSRecord]], None] | None = None,
 ) -> Outcome:
+    """Receive until the pipeline ends; `on_output` is given each Receive's new output records as they arrive."""
+    where = f"{command.cmdlet} on {settings.uri}"
+    records: list[PSRecord] = []
     while shell.state == PSInvocationState.RUNNING:
         remaining = deadline - clock()
         if remaining <= 0:
@@ -618,6 +623,14 @@ def _finish(
                 shell.stop()
             return Outcome(error=f"did not finish within {settings.operation_timeout:g} s (operation_timeout_seconds)")
         shell.poll_invoke(timeout=int(max(1, min(_RECEIVE_POLL_SECONDS, remaining))))
+        if on_output is not None and len(shell.output) > len(records) and shell.state == PSInvocationState.RUNNING:
+            try:
+                arrived = [output_record(value, where, remember=remember) for value in shell.output[len(records) :]]
+            except ClixmlError:
+                on_output = None  # read again below, where the error becomes the outcome
+            else:
+                records += arrived
+                on_output(arrived)
     # WinRM keeps a finished command (and its runspace) until it is signalled to terminate.
     with contextlib.suppress(*REMOTING_ERRORS):
         shell.close()
@@ -628,11 +641,11 @@ def _finish(
         return Outcome(error=words + more, not_found=all(_is_not_found(error) for error in errors))
     if shell.state != PSInvocationState.COMPLETED:
         return Outcome(error=f"the pipeline ended in state {PSInvocationState(shell.state)} without an error record")
-    where = f"{command.cmdlet} on {settings.uri}"
     try:
-        return Outcome(records=[output_record(value, where, remember=remember) for value in shell.output])
+        records += [output_record(value, where, remember=remember) for value in shell.output[len(records) :]]
     except ClixmlError as error:
         return Outcome(error=str(error))
+    return Outcome(records=records)
 
 
 def run_commands_on_pools(
@@ -642,6 +655,7 @@ def run_commands_on_pools(
     *,
     pools: int | None = None,
     follow_up: Callable[[Command, Outcome], Iterable[Command]] | None = None,
+    as_output_arrives: Callable[[Command, list[PSRecord]], Iterable[Command]] | None = None,
     opener: Callable[[], RunspacePool] | None = None,
     clock: Callable[[], float] = time.monotonic,
     remember: bool = True,
@@ -662,14 +676,16 @@ def run_commands_on_pools(
     never runs more than `pools` (at most the profile's max_concurrency, which the profile
     keeps under Exchange's PowerShellMaxConcurrency of 18) pipelines for this user.
 
-    Commands are taken in order from one queue; `follow_up` commands (the certificate
-    queries once Get-ExchangeServer answered) join it. The outcomes come back in the order
+    Commands are taken in order from one queue; `follow_up` commands (made from a command's
+    outcome) and `as_output_arrives` commands (made from each Receive's new output while the
+    command still runs: the certificate queries of the servers Get-ExchangeServer has named so
+    far, which a thousand-server list takes several Receives to finish) join it. The outcomes come back in the order
     the commands were given, whatever order they finished in. Never raises for what the
     server or the network does; a lost connection gives every command not yet finished its
     cause, as `run_commands` does. Every pool is closed before this returns.
     """
     limit = max(1, pools or settings.max_concurrency)
-    work = _PoolWork(settings, limit, follow_up, opener, clock, remember)
+    work = _PoolWork(settings, limit, follow_up, opener, clock, remember, as_output_arrives)
     work.submit(commands)
     work.start(pool)
     return work.wait()
@@ -686,8 +702,10 @@ class _PoolWork:
         opener: Callable[[], RunspacePool] | None,
         clock: Callable[[], float],
         remember: bool = True,
+        as_output_arrives: Callable[[Command, list[PSRecord]], Iterable[Command]] | None = None,
     ) -> None:
         self.settings = settings
+        self.as_output_arrives = as_output_arrives
         self.remember = remember
         """Keep each record's CLIXML (`original_clixml`), which only --save-evidence reads."""
         self.limit = limit if opener is not None else 1
@@ -754,6 +772,16 @@ class _PoolWork:
             self.busy += 1
             return self.queue.popleft()
 
+    def _arrived(self, command: Command, records: list[PSRecord]) -> None:
+        assert self.as_output_arrives is not None
+        try:
+            more = list(self.as_output_arrives(command, records))
+        except Exception:  # as for follow_up: what cannot be named is reported as not run
+            log.debug("early follow-up of %s failed", command.key, exc_info=True)
+            return
+        if more:
+            self.submit(more)
+
     def _done(self, command: Command, outcome: Outcome, lost: str | None) -> None:
         try:
             more = list(self.follow_up(command, outcome)) if self.follow_up is not None and lost is None else []
@@ -781,8 +809,13 @@ class _PoolWork:
                     log.debug("an extra runspace pool could not be opened; the others carry on", exc_info=True)
                     return
             while (command := self._take()) is not None:
+                on_output = None
+                if self.as_output_arrives is not None:
+                    on_output = functools.partial(self._arrived, command)
                 try:
-                    outcome, lost = _run_one(pool, command, self.settings, self.clock, remember=self.remember)
+                    outcome, lost = _run_one(
+                        pool, command, self.settings, self.clock, remember=self.remember, on_output=on_output
+                    )
                 except Exception as error:  # fail closed: a surprise is this command's error, never a hang
                     log.debug("pipeline %s failed", command.key, exc_info=True)
                     words = scrub(f"{type(error).__name__}: {error}", self.settings.secrets)
@@ -802,13 +835,14 @@ def _run_one(
     clock: Callable[[], float],
     *,
     remember: bool = True,
+    on_output: Callable[[list[PSRecord]], None] | None = None,
 ) -> tuple[Outcome, str | None]:
     """One pipeline, begun and collected: its outcome, and the cause if the connection was lost."""
     shell = command.pipeline(pool)
     try:
         shell.begin_invoke()
         deadline = clock() + settings.operation_timeout
-        return _finish(command, shell, deadline, settings, clock, remember=remember), None
+        return _finish(command, shell, deadline, settings, clock, remember=remember, on_output=on_output), None
     except CONNECTION_ERRORS as error:
         lost = describe_transport_error(error, settings)
         return Outcome(error=lost), lost

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pypsrp.powershell import PowerShell
 
+from bench.organizations import organization
 from hybridtrust.facts import (
     VIRTUAL_DIRECTORY_CMDLETS,
     AuthServer,
@@ -382,3 +384,31 @@ def test_pipelines_run_concurrently_within_the_bound(lab: Lab, recorder: Recorde
         assert recorder.peak == 1
     else:
         assert 2 <= recorder.peak <= bound
+
+
+def test_certificate_queries_start_while_the_server_list_is_still_arriving(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 150 servers take Get-ExchangeServer three Receives; their certificate queries start with the first.
+    events: list[tuple[float, str]] = []
+    close = PowerShell.close
+
+    def closing(shell: PowerShell) -> None:
+        if shell.commands and shell.commands[0].cmd == "Get-ExchangeServer":
+            events.append((time.monotonic(), "Get-ExchangeServer closed"))
+        close(shell)
+
+    def invoke(state: LabState, endpoint: Any, commands: list[Any]) -> Iterator[Any]:
+        if commands[0].name == "Get-ExchangeCertificate":
+            events.append((time.monotonic(), "certificate query"))
+        return cmdlets.invoke(
+            state, endpoint, [cmdlets.Invocation(c.name, dict(c.parameters), c.is_script) for c in commands]
+        )
+
+    monkeypatch.setattr(PowerShell, "close", closing)
+    with start_lab(organization(150, 1, NOW), invoke=invoke, services=()) as lab:
+        documents = collect_exchange(settings_for(lab.exchange, max_concurrency=16))
+
+    assert reasons(documents) == []
+    assert len(documents.certificates) == 150
+    assert sum(1 for _, what in events if what == "certificate query") == 150  # once each, none twice
+    closed = next(when for when, what in events if what == "Get-ExchangeServer closed")
+    assert min(when for when, what in events if what == "certificate query") < closed
