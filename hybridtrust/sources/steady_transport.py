@@ -64,8 +64,8 @@ def use_steady_transport(wsman: WSMan) -> bool:
         return False
     if transport.auth not in STATELESS_SIGN_INS or not transport.ssl or transport.wrap_required:
         return False
-    if getattr(transport, "proxy", None):
-        return False
+    if getattr(transport, "proxy", None) or not getattr(transport, "no_proxy", False):
+        return False  # a proxy (or the environment's) is requests' to apply; RemotingSettings never uses one
     # The same object, now of the subclass: every setting pypsrp gave it stays as it is.
     transport.__class__ = SteadyTransport
     return True

@@ -85,9 +85,11 @@ def test_after_the_first_request_basic_over_https_bypasses_requests(lab: Lab, mo
 def test_sign_ins_bound_to_the_connection_keep_pypsrps_transport() -> None:
     ntlm = WSMan("exchange.contoso.com", port=80, ssl=False, auth="ntlm", username="u", password="p")
     kerberos = WSMan("exchange.contoso.com", ssl=True, auth="kerberos")
-    basic = WSMan("exchange.contoso.com", ssl=True, auth="basic", username="u", password="p")
+    basic = WSMan("exchange.contoso.com", ssl=True, auth="basic", username="u", password="p", no_proxy=True)
+    proxied = WSMan("exchange.contoso.com", ssl=True, auth="basic", username="u", password="p")  # env proxies apply
     assert not use_steady_transport(ntlm) and type(ntlm.transport) is _TransportHTTP
     assert not use_steady_transport(kerberos) and type(kerberos.transport) is _TransportHTTP
+    assert not use_steady_transport(proxied) and type(proxied.transport) is _TransportHTTP
     assert use_steady_transport(basic) and type(basic.transport) is SteadyTransport
 
 
