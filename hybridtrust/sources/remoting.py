@@ -14,6 +14,8 @@ What both sources share:
   writes exactly what the server sent.
 - `describe_transport_error`: a connection failure (refused, TLS, 401, timeout) as one
   line an administrator can act on.
+- `RemotingSettings.wsman`: pypsrp's client, whose Basic and certificate sign-ins over
+  https send their steady-state requests through `steady_transport` (urllib3 directly).
 
 Two ways to run many commands. The Exchange source, which sends a pipeline per server,
 uses `run_commands_on_pools`: several pools, one thread and one connection each, so that
@@ -678,9 +680,9 @@ def run_commands_on_pools(
 
     Commands are taken in order from one queue; `follow_up` commands (made from a command's
     outcome) and `as_output_arrives` commands (made from each Receive's new output while the
-    command still runs: the certificate queries of the servers Get-ExchangeServer has named so
-    far, which a thousand-server list takes several Receives to finish) join it. The outcomes come back in the order
-    the commands were given, whatever order they finished in. Never raises for what the
+    command still runs: the certificate queries of the servers Get-ExchangeServer has named
+    so far, as a thousand-server list takes it a dozen Receives) join it. The outcomes come
+    back in the order the commands were given, whatever order they finished in. Never raises for what the
     server or the network does; a lost connection gives every command not yet finished its
     cause, as `run_commands` does. Every pool is closed before this returns.
     """
