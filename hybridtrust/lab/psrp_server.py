@@ -254,12 +254,12 @@ class _PipelineReadings:
     per-server queries differ only in their string parameter values (``-Server EX0001``), so
     the first message of a shape (everything but those values) is read by psrpcore with a
     marker in place of each value, and every message of the shape, the first included, is that
-    reading with the markers replaced by the message's own values, each read by psrpcore as a
-    string. Messages with a SecureString (whose reading depends on the session key) are read by
-    psrpcore whole. tests/lab/test_psrp_server.py checks the readings equal psrpcore's own.
+    reading with the markers replaced by the message's own values, each read as psrpcore reads
+    a string. Messages with a SecureString (whose reading depends on the session key) are read
+    by psrpcore whole. tests/lab/test_pipeline_readings.py checks the readings equal psrpcore's.
     """
 
-    _LIMIT = 64  # shapes per shell; a shell that sends more gets the rest read whole
+    _LIMIT = 64  # shapes kept per shell; a message of any other shape is read by psrpcore each time
     _COMMAND_FIELDS = (
         "end_of_statement",
         "merge_unclaimed",
