@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -120,24 +121,18 @@ class SteadyTransport(_TransportHTTP):
         return content
 
 
+@dataclass
 class _Lane:
     """One shell's steady-state requests: the pool, headers and retries requests set up for it."""
 
-    def __init__(
-        self,
-        pool: urllib3.HTTPConnectionPool,
-        path: str,
-        headers: dict[str, str],
-        retries: Any,
-        session: requests.Session,
-        template: requests.PreparedRequest,
-    ) -> None:
-        self.pool = pool
-        self.path = path
-        self.headers = headers
-        self.retries = retries
-        self.session = session
-        self.template = template
+    pool: urllib3.HTTPConnectionPool
+    path: str
+    headers: dict[str, str]
+    retries: Any
+    session: requests.Session
+    """Where a cookie a response sets is filed."""
+    template: requests.PreparedRequest
+    """The request requests prepared (its headers are the lane's); cookies are extracted against it."""
 
     @classmethod
     def open(cls, session: requests.Session, endpoint: str) -> _Lane | None:
