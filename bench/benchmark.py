@@ -469,6 +469,29 @@ def scale_table(scale: ScaleOut) -> str:
     )
 
 
+def median_run(runs: list[Measurement]) -> Measurement:
+    """The run whose sources time is the median (of two middle runs, the slower): what the table reports."""
+    ordered = sorted(runs, key=lambda m: m.sources_s)
+    return ordered[len(ordered) // 2]
+
+
+def spread(repeats: dict[int, list[Measurement]]) -> list[str]:
+    """For each size run more than once: its sources times and their ratio to the bound, fastest to slowest."""
+    lines = []
+    for size, runs in repeats.items():
+        if len(runs) < 2:
+            continue
+        ordered = sorted(runs, key=lambda m: m.sources_s)
+        times = ", ".join(f"{m.sources_s:.1f}" for m in ordered)
+        ratios = ", ".join(f"{m.sources_over_bound:.2f}" for m in ordered)
+        met = sum(1 for m in runs if m.sources_over_bound <= 2)
+        lines.append(
+            f"{size} servers, {len(runs)} runs: sources {times} s; x the bound: {ratios}; "
+            f"within 2x in {met} of {len(runs)}; the table shows the median run"
+        )
+    return lines
+
+
 def verdicts(measurements: list[Measurement]) -> list[str]:
     """Each target, met or not, with the number behind it."""
     lines = []
@@ -504,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--org-servers", type=int, default=10, help="servers of each scale-out organization")
     parser.add_argument("--org-tenants", type=int, default=2, help="tenants of each scale-out organization")
     parser.add_argument("--workers", default="2", help="pytest-xdist -n for the scale-out run (a number or auto)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per size; the table shows each size's median run (by sources s)"
+    )
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--work", type=Path, help="keep the generated states, profiles and reports here")
     args = parser.parse_args(argv)
@@ -513,14 +539,20 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hybridtrust-bench-")))
         measurements = []
+        repeats: dict[int, list[Measurement]] = {}
         for size in sizes:
-            print(f"-- {size} servers, {args.tenants} tenants, {args.latency_ms} ms latency", flush=True)
-            measurement = measure_size(
-                size, args.tenants, args.latency_ms, work / f"size-{size}",
-                max_concurrency=args.max_concurrency, now=now,
-            )  # fmt: skip
-            print(json.dumps(asdict(measurement)), flush=True)
-            measurements.append(measurement)
+            for run in range(max(1, args.repeat)):
+                print(
+                    f"-- {size} servers, {args.tenants} tenants, {args.latency_ms} ms latency (run {run + 1})",
+                    flush=True,
+                )
+                measurement = measure_size(
+                    size, args.tenants, args.latency_ms, work / f"size-{size}" / f"run-{run + 1}",
+                    max_concurrency=args.max_concurrency, now=now,
+                )  # fmt: skip
+                print(json.dumps(asdict(measurement)), flush=True)
+                repeats.setdefault(size, []).append(measurement)
+            measurements.append(median_run(repeats[size]))
         scale = None
         if args.orgs:
             print(f"-- {args.orgs} organizations, serial and -n {workers}", flush=True)
@@ -534,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(scale_table(scale))
         print()
-        for line in verdicts(measurements):
+        for line in [*spread(repeats), *verdicts(measurements)]:
             print(line)
         if args.json:
             document = {
@@ -551,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                 if scale
                 else None,
                 "verdicts": verdicts(measurements),
+                "runs": {str(size): [asdict(m) for m in runs] for size, runs in repeats.items() if len(runs) > 1},
+                "spread": spread(repeats),
                 "children_max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -66,3 +66,18 @@ def test_counters_and_the_latency_bound() -> None:
     assert bound["exchange_s"] == pytest.approx((2 + 3 * 1016 / 16) * 0.02)
     assert bound["graph_s"] == pytest.approx((1 + 5) * 0.02)
     assert bound["overlapped_s"] == bound["exchange_s"]  # a thousand certificate queries dominate
+
+
+def test_repeated_runs_report_the_median_run_and_the_spread() -> None:
+    def run(sources_s: float) -> benchmark.Measurement:
+        measurement = benchmark.Measurement(1000, 5, 20, sources_s=sources_s)
+        measurement.sources_over_bound = sources_s / 4.0
+        return measurement
+
+    runs = [run(9.0), run(7.0), run(12.0), run(8.0)]
+    assert benchmark.median_run(runs).sources_s == 9.0  # of two middle runs, the slower
+    assert benchmark.median_run(runs[:3]).sources_s == 9.0
+    assert benchmark.spread({1000: runs, 10: [run(1.0)]}) == [
+        "1000 servers, 4 runs: sources 7.0, 8.0, 9.0, 12.0 s; x the bound: 1.75, 2.00, 2.25, 3.00; "
+        "within 2x in 2 of 4; the table shows the median run"
+    ]
