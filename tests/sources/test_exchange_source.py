@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import threading
 import time
@@ -27,9 +28,18 @@ from hybridtrust.lab.contoso import flawed_contoso
 from hybridtrust.lab.server import Lab, LabPowerShellServer, start_lab
 from hybridtrust.lab.state import LabState
 from hybridtrust.profile import ExchangeSection
+from hybridtrust.sources import remoting
 from hybridtrust.sources.evidence import EXCHANGE_CMDLETS, read_evidence_bundle
 from hybridtrust.sources.exchange import ExchangeDocuments, collect_exchange
-from hybridtrust.sources.remoting import RemotingSettings, SettingsError, original_clixml
+from hybridtrust.sources.remoting import (
+    Command,
+    Outcome,
+    RemotingSettings,
+    SettingsError,
+    open_pool,
+    original_clixml,
+    run_commands_on_pools,
+)
 from tests.support import NOW
 
 CONTOSO = "8a3f2c1e-5b7d-4e9a-9c2f-1d6e0b4a7c35"
@@ -412,3 +422,36 @@ def test_certificate_queries_start_while_the_server_list_is_still_arriving(monke
     assert sum(1 for _, what in events if what == "certificate query") == 150  # once each, none twice
     closed = next(when for when, what in events if what == "Get-ExchangeServer closed")
     assert min(when for when, what in events if what == "certificate query") < closed
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="Linux, 2+ CPUs")
+def test_the_pool_threads_share_one_cpu_and_leave_the_caller_free(lab: Lab) -> None:
+    # They take turns at the interpreter lock; on one CPU each hand-over is not a wake-up on another core.
+    settings = settings_for(lab.exchange, max_concurrency=4)
+    before = os.sched_getaffinity(0)
+    seen: list[tuple[str, frozenset[int]]] = []
+
+    def follow_up(command: Command, outcome: Outcome) -> list[Command]:
+        seen.append((threading.current_thread().name, frozenset(os.sched_getaffinity(0))))  # this thread's mask
+        return []
+
+    commands = [Command(f"c{index}", "Get-AcceptedDomain") for index in range(12)]
+    pool = open_pool(settings, 1, raw_output=True)
+    outcomes = run_commands_on_pools(
+        pool, commands, settings, follow_up=follow_up, opener=lambda: open_pool(settings, 1, raw_output=True)
+    )
+
+    assert [outcome.error for outcome in outcomes.values()] == [None] * 12
+    assert len({name for name, _ in seen}) > 1
+    assert len({mask for _, mask in seen}) == 1
+    [mask] = {mask for _, mask in seen}
+    assert len(mask) == 1 and mask <= before
+    assert os.sched_getaffinity(0) == before
+
+
+def test_one_cpu_is_not_chosen_where_there_is_only_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        assert remoting._one_cpu() is None
+        return
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert remoting._one_cpu() is None
