@@ -848,10 +848,10 @@ def _one_cpu() -> int | None:
     them. Measured on this project's 2-core machine at 1,000 servers: about 55,000 context
     switches and 1.0 s of system CPU per collection with the threads free, about 25,000 and
     0.5 s on one CPU, and the benchmark's median collection went from 7.9 to 7.6 s (README
-    "Performance"). The thread that starts the work
-    is where the scheduler put this process, so the pool threads go where it already runs, and
-    an audit in another process (a pytest-xdist worker) has been placed elsewhere by the same
-    scheduler. Nothing else of the process is pinned: pytest's own thread stays free.
+    "Performance"). The thread that starts the work is where the scheduler put this process,
+    so the pool threads go where it already runs, and an audit in another process (a
+    pytest-xdist worker) has been placed elsewhere by the same scheduler. Nothing else of the
+    process is pinned: pytest's own thread stays free.
     """
     if not hasattr(os, "sched_setaffinity"):
         return None

@@ -425,8 +425,9 @@ def test_certificate_queries_start_while_the_server_list_is_still_arriving(monke
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="Linux, 2+ CPUs")
-def test_the_pool_threads_share_one_cpu_and_leave_the_caller_free(lab: Lab) -> None:
+def test_the_pool_threads_share_one_cpu_and_leave_the_caller_free(lab: Lab, recorder: Recorder) -> None:
     # They take turns at the interpreter lock; on one CPU each hand-over is not a wake-up on another core.
+    recorder.delay = 0.05  # so that one thread cannot run every command before the others have opened their pools
     settings = settings_for(lab.exchange, max_concurrency=4)
     before = os.sched_getaffinity(0)
     seen: list[tuple[str, frozenset[int]]] = []
