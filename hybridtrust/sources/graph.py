@@ -457,6 +457,33 @@ def build_credential(
     raise CredentialError(f"unknown credential method {spec.method!r}")
 
 
+@dataclass
+class SignIn:
+    """One tenant's credential, built before its collection starts, or why it could not be built."""
+
+    credential: AsyncTokenCredential | None = None
+    token_options: dict[str, Any] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    """Only for scrubbing error texts (see `build_credential`)."""
+    error: str | None = None
+    owned: bool = True
+    """Closed when its tenant's collection ends; a credential the caller passed in is the caller's to close."""
+
+
+def prepare_sign_in(request: TenantRequest, endpoints: GraphEndpoints) -> SignIn:
+    """`request`'s credential, ready for `collect` (nothing is sent: signing in happens there).
+
+    Building a certificate credential is CPU, not network: azure-identity is imported and the
+    private key is loaded and validated twice, about 0.1 s per tenant. The live source does it
+    while Exchange opens its pools, so that it does not take turns with the per-server queries.
+    """
+    try:
+        credential, token_options, secrets = build_credential(request.credential, request.tenant_id, endpoints)
+    except (CredentialError, ValueError, OSError) as error:
+        return SignIn(error=f"cannot build the {request.credential.method} credential: {error}")
+    return SignIn(credential, token_options, secrets)
+
+
 def build_graph_client(
     credential: AsyncTokenCredential | TokenCredential,
     endpoints: GraphEndpoints,
@@ -820,18 +847,22 @@ async def collect_tenant_async(
     semaphore: asyncio.Semaphore,
     *,
     credential: AsyncTokenCredential | None = None,
+    sign_in: SignIn | None = None,
 ) -> GraphTenantDocuments:
-    """Collect one tenant; never raises for Graph or sign-in failures (they are per-item errors)."""
+    """Collect one tenant; never raises for Graph or sign-in failures (they are per-item errors).
+
+    The credential is `credential` (the caller's, not closed here), else `sign_in` (see
+    `prepare_sign_in`), else built here.
+    """
     result = GraphTenantDocuments(tenant_id=request.tenant_id)
-    secrets: list[str] = []
-    token_options: dict[str, Any] = {}
-    owned = credential is None
-    try:
-        if credential is None:
-            credential, token_options, secrets = build_credential(request.credential, request.tenant_id, endpoints)
-    except (CredentialError, ValueError, OSError) as error:
-        _fail_all(result, "sign-in", f"cannot build the {request.credential.method} credential: {error}")
+    if credential is not None:
+        sign_in = SignIn(credential, owned=False)
+    elif sign_in is None:
+        sign_in = prepare_sign_in(request, endpoints)
+    if sign_in.credential is None:
+        _fail_all(result, "sign-in", sign_in.error or "no credential")
         return result
+    credential, token_options, secrets = sign_in.credential, sign_in.token_options, sign_in.secrets
     try:
         # One token request before the concurrent Graph requests, with the arguments
         # kiota will use (enable_cae=True), so they all find it in the cache and a
@@ -858,7 +889,7 @@ async def collect_tenant_async(
         await _TenantCollector(request, endpoints, client, semaphore, secrets, result).run()
         return result
     finally:
-        if owned:
+        if sign_in.owned:
             await credential.close()
 
 
@@ -868,23 +899,37 @@ async def collect_async(
     *,
     max_concurrency: int = 8,
     credentials: Mapping[str, AsyncTokenCredential] | None = None,
+    sign_ins: Mapping[str, SignIn] | None = None,
 ) -> dict[str, GraphTenantDocuments]:
     """Every tenant concurrently; at most `max_concurrency` Graph requests in flight in all.
 
     `credentials` (by tenant id) replaces a request's `CredentialSpec` with a credential
-    the caller built and keeps ownership of (it is not closed here).
+    the caller built and keeps ownership of (it is not closed here). `sign_ins` (by tenant
+    id, from `prepare_sign_in`) are used and closed here, including any whose tenant is
+    not among `requests`.
     """
     semaphore = asyncio.Semaphore(max_concurrency)
     given = credentials or {}
-    async with graph_http_client(endpoints) as http_client:
-        results = await asyncio.gather(
-            *(
-                collect_tenant_async(
-                    request, endpoints, http_client, semaphore, credential=given.get(request.tenant_id)
+    prepared = dict(sign_ins or {})
+    try:
+        async with graph_http_client(endpoints) as http_client:
+            results = await asyncio.gather(
+                *(
+                    collect_tenant_async(
+                        request,
+                        endpoints,
+                        http_client,
+                        semaphore,
+                        credential=given.get(request.tenant_id),
+                        sign_in=prepared.pop(request.tenant_id, None),
+                    )
+                    for request in requests
                 )
-                for request in requests
             )
-        )
+    finally:
+        for unused in prepared.values():
+            if unused.credential is not None and unused.owned:
+                await unused.credential.close()
     return {result.tenant_id: result for result in results}
 
 
@@ -894,11 +939,16 @@ def collect(
     *,
     max_concurrency: int = 8,
     credentials: Mapping[str, AsyncTokenCredential] | None = None,
+    sign_ins: Mapping[str, SignIn] | None = None,
 ) -> dict[str, GraphTenantDocuments]:
     """`collect_async` for synchronous callers (the pytest plugin); safe inside a running loop too."""
 
     def run() -> dict[str, GraphTenantDocuments]:
-        return asyncio.run(collect_async(requests, endpoints, max_concurrency=max_concurrency, credentials=credentials))
+        return asyncio.run(
+            collect_async(
+                requests, endpoints, max_concurrency=max_concurrency, credentials=credentials, sign_ins=sign_ins
+            )
+        )
 
     try:
         asyncio.get_running_loop()

@@ -59,7 +59,7 @@ from hybridtrust.sources.sharepoint import SHAREPOINT_CONFIGURATION, collect_sha
 if TYPE_CHECKING:
     from hybridtrust.lab.server import Lab
     from hybridtrust.profile import Profile
-    from hybridtrust.sources.graph import GraphEndpoints, TenantRequest
+    from hybridtrust.sources.graph import GraphEndpoints, SignIn, TenantRequest
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,7 @@ def collect_with(
     # Graph and SharePoint run while the per-server certificate queries, most of a large audit, go on.
     later = Collection(source="live", origin=connections.origin, collected_at=collection.collected_at)
     app_ids: list[str] = []
+    sign_ins: dict[str, SignIn] = {}
     if connections.exchange is None:
         for cmdlet in EXCHANGE_CMDLETS:
             collection.exchange[cmdlet] = Missing(
@@ -322,6 +323,10 @@ def collect_with(
         background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridtrust-exchange")
         exchange = background.submit(collect_exchange, settings, early=early, keep_clixml=keep_clixml)
         background.shutdown(wait=False)
+        # Graph's credentials are CPU (azure-identity imported, each private key loaded and checked): built
+        # now, while Exchange opens its pools and waits for its first answers, they do not take turns at
+        # the interpreter lock with the per-server queries, as they did when built after Get-AuthServer.
+        sign_ins = _prepare_sign_ins(connections.graph)
         while not answered.wait(0.05) and not exchange.done():
             pass
         if auth_servers and auth_servers[0] is not None:
@@ -330,7 +335,7 @@ def collect_with(
             app_ids = exchange.result().auth_server_application_ids()
 
     # 2. Entra ID
-    evidence_files = _collect_tenants(profile, connections.graph, app_ids, later)
+    evidence_files = _collect_tenants(profile, connections.graph, app_ids, later, sign_ins)
     remember_graph_files(later, evidence_files)
 
     # 3. SharePoint
@@ -415,8 +420,28 @@ def _probe(profile: Profile, connections: LiveConnections, collection: Collectio
         )
 
 
+def _prepare_sign_ins(connection: GraphConnection | Missing) -> dict[str, SignIn]:
+    """Each tenant's Graph credential, by tenant id (`graph.prepare_sign_in`); nothing is sent yet."""
+    if isinstance(connection, Missing):
+        return {}
+    try:
+        from hybridtrust.sources import graph
+
+        return {
+            request.tenant_id: graph.prepare_sign_in(request, connection.endpoints)
+            for request in connection.requests([])
+        }
+    except Exception:  # fail closed where it is reported: the Graph collection builds them again and says why
+        log.debug("preparing the Graph sign-ins failed", exc_info=True)
+        return {}
+
+
 def _collect_tenants(
-    profile: Profile, connection: GraphConnection | Missing, app_ids: list[str], collection: Collection
+    profile: Profile,
+    connection: GraphConnection | Missing,
+    app_ids: list[str],
+    collection: Collection,
+    sign_ins: Mapping[str, SignIn] | None = None,
 ) -> dict[str, dict[str, Any]]:
     tenant_ids = [tenant.id for tenant in profile.tenants]
     if isinstance(connection, Missing):
@@ -432,7 +457,7 @@ def _collect_tenants(
     if not requests:
         return files
     try:
-        results = graph.collect(requests, connection.endpoints)
+        results = graph.collect(requests, connection.endpoints, sign_ins=sign_ins)
     except Exception as error:  # fail closed: the Graph source promises not to raise, but never trust a promise
         log.debug("graph source failed", exc_info=True)
         for request in requests:

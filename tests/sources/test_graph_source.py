@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,6 +21,7 @@ from hybridtrust.sources.graph import (
     GraphEndpoints,
     TenantRequest,
     collect,
+    prepare_sign_in,
     requests_per_tenant,
 )
 
@@ -194,6 +197,46 @@ def test_a_caller_supplied_credential_is_used_and_not_closed(lab: GraphLabServer
         return not results[tenant_id].errors and still_usable
 
     assert asyncio.run(scenario())
+
+
+def test_prepared_sign_ins_are_used_and_closed_even_when_their_tenant_is_not_collected(
+    lab: GraphLabServer, world: SampleGraphWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = secret_requests(world, monkeypatch)
+    endpoints = endpoints_for(lab)
+    sign_ins = {request.tenant_id: prepare_sign_in(request, endpoints) for request in (first, second)}
+    closed: list[str] = []
+    for tenant_id, sign_in in sign_ins.items():
+        assert sign_in.credential is not None and sign_in.error is None
+        real_close = sign_in.credential.close
+
+        async def close(tenant_id: str = tenant_id, real_close: Any = real_close) -> None:
+            closed.append(tenant_id)
+            await real_close()
+
+        monkeypatch.setattr(sign_in.credential, "close", close)
+    # The request's own spec names a variable that does not exist: the prepared credential is the one used.
+    unusable = replace(first, credential=CredentialSpec(method="secret", client_id="x", secret_env="HT_TEST_UNSET"))
+    result = collect([unusable], endpoints, sign_ins=sign_ins)[first.tenant_id]
+    assert result.errors == {} and result.organization is not None
+    assert sorted(closed) == sorted([first.tenant_id, second.tenant_id])
+
+
+def test_a_credential_that_cannot_be_prepared_fails_every_item_with_the_reason(
+    lab: GraphLabServer, world: SampleGraphWorld
+) -> None:
+    tenant_id = world.tenant_ids[0]
+    request = TenantRequest(
+        tenant_id, CredentialSpec(method="secret", client_id="x", secret_env="HT_TEST_DOES_NOT_EXIST")
+    )
+    sign_in = prepare_sign_in(request, endpoints_for(lab))
+    assert sign_in.credential is None
+    result = collect([request], endpoints_for(lab), sign_ins={tenant_id: sign_in})[tenant_id]
+    assert len(result.errors) == 6
+    for error in result.errors.values():
+        assert "cannot build the secret credential: " in str(error)
+        assert "environment variable HT_TEST_DOES_NOT_EXIST is not set" in str(error)
+    assert lab.graph_requests(tenant_id) == 0
 
 
 def test_wrong_secret_fails_every_item_without_revealing_it(
