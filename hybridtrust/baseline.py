@@ -79,6 +79,23 @@ def _failing_then(result: dict[str, Any]) -> bool:
     return result["outcome"] in ("failed", "waived")
 
 
+def comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """What `compare` reads of an earlier document: its start and its failing results, by requirement and subject.
+
+    An earlier run is held from the start of a run to its end. Whole, the previous run of an
+    organization of 1,000 servers (16,000 results) is some 35 MB of Python objects; its failures
+    are a few hundred bytes, and a result that was not failing counts exactly as one that is absent.
+    """
+    return {
+        "started": document.get("started"),
+        "results": [
+            {"requirement": r["requirement"], "subject": r["subject"], "outcome": r["outcome"]}
+            for r in document.get("results", [])
+            if _failing_then(r)
+        ],
+    }
+
+
 def _entry(result: dict[str, Any]) -> dict[str, str]:
     return {"requirement": result["requirement"], "subject": result["subject"], "severity": result.get("severity", "")}
 

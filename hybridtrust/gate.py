@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from hybridtrust import catalog, history
-from hybridtrust.baseline import BaselineError, Comparison, compare, load_results_document
+from hybridtrust.baseline import BaselineError, Comparison, comparable, compare, load_results_document
 from hybridtrust.report_extras import ProfileExtras, extras_html, waiver_panel
 from hybridtrust.report_files import write_profile_reports
 from hybridtrust.results import ProfileResults, Result, _jsonable
@@ -119,15 +119,13 @@ class Gate:
                 spec = specs[0] if len(specs) == 1 else specs[index]
                 path = self._baseline_path(spec, name)
                 try:
-                    self.baselines[name] = (path, load_results_document(path, name))
+                    self.baselines[name] = (path, comparable(load_results_document(path, name)))
                 except BaselineError as error:
                     raise pytest.UsageError(str(error)) from None
             # The newest run kept so far is "the previous run" (read now: this run is not in the history yet).
-            previous = history.newest(self.reports, name)
+            previous = history.newest_run(self.reports, name)
             if previous is not None:
-                document = history.read_run(previous, name)
-                if document is not None:
-                    self.previous[name] = (previous, document)
+                self.previous[name] = (previous[0], comparable(previous[1]))
         if len(names) > 1 and not config.option.collectonly:
             for name in names:
                 html = self.reports / f"{name}-{self.suite.stamp}.html"

@@ -58,9 +58,16 @@ def read_run(path: Path, profile: str) -> dict[str, Any] | None:
 
 def newest(reports: Path, profile: str) -> Path | None:
     """The newest readable run of this profile (what ``--baseline last`` means)."""
+    run = newest_run(reports, profile)
+    return run[0] if run is not None else None
+
+
+def newest_run(reports: Path, profile: str) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable run of this profile and its document, read once."""
     for path in reversed(run_files(reports, profile)):
-        if read_run(path, profile) is not None:
-            return path
+        document = read_run(path, profile)
+        if document is not None:
+            return path, document
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hybridtrust import history
-from hybridtrust.baseline import BaselineError, compare, load_results_document
+from hybridtrust.baseline import BaselineError, comparable, compare, load_results_document
 from hybridtrust.lab.state import LabState
 from tests.support import SuiteRun, write_profile
 
@@ -44,6 +44,19 @@ def test_results_are_matched_by_requirement_and_subject() -> None:
     assert [(e["requirement"], e["subject"]) for e in comparison.fixed] == [("C", "t")]
     assert [e["requirement"] for e in comparison.gate_failures("high")] == ["A", "D"]
     assert comparison.document()["file"] == "before.json" and comparison.started == "2026-11-01T00:00:00+00:00"
+
+
+def test_only_the_failures_of_an_earlier_run_are_kept_and_they_compare_the_same() -> None:
+    outcomes = ("passed", "failed", "waived", "error", "skipped", "fixed")
+    before = {
+        "format": "x", "profile": "p", "started": "2026-11-01T00:00:00+00:00",
+        "results": [_r(f"R{i % 7}", f"EX{i:02}", outcomes[i % len(outcomes)]) for i in range(60)],
+    }  # fmt: skip
+    now = [_r(f"R{i % 7}", f"EX{i:02}", outcomes[(i * 5) % len(outcomes)]) for i in range(4, 70)]
+    slim = comparable(before)
+    assert {r["outcome"] for r in slim["results"]} == {"failed", "waived"}
+    assert len(slim["results"]) == 20 and set(slim) == {"started", "results"}
+    assert compare(now, slim, "before.json") == compare(now, before, "before.json")
 
 
 def _with(state: LabState, *changes: Callable[[dict[str, Any]], None]) -> LabState:
