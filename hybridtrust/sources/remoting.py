@@ -360,10 +360,12 @@ class _PipelineTemplates:
     """
 
     _LIMIT = 256  # shapes: an audit has a few dozen; a process that builds more writes the rest itself
+    _STRINGS = 4096  # string values kept as written; past that the cache starts again
     _CLASS_DATA = frozenset({"_adapted_properties", "_extended_properties", "_property_sets", "_string_map", "_xml"})
 
     def __init__(self) -> None:
         self._templates: dict[tuple[Any, ...], list[bytes] | None] = {}
+        self._strings: dict[str, bytes | None] = {}
         self._marker = f"hybridtrust-parameter-{os.urandom(8).hex()}-"
 
     def write(self, message: CreatePipeline, serializer: Serializer) -> bytes | None:
@@ -378,13 +380,21 @@ class _PipelineTemplates:
             template = self._templates[shape] = self._template(message, serializer, parameters)
             if template is None:
                 return None
-        strings = [_string_bytes(parameter.value, serializer) for parameter in parameters]
+        strings = [self._string(parameter.value, serializer) for parameter in parameters]
         if any(string is None for string in strings):
             return None
         parts = [template[0]]
         for string, text in zip(strings, template[1:], strict=True):
             parts += [string, text]  # type: ignore[list-item]
         return b"".join(parts)
+
+    def _string(self, value: str, serializer: Serializer) -> bytes | None:
+        # A value seen before is not written again: the projected property names repeat in every query.
+        if value not in self._strings:
+            if len(self._strings) >= self._STRINGS:
+                self._strings.clear()
+            self._strings[value] = _string_bytes(value, serializer)
+        return self._strings[value]
 
     def _shape(self, value: Any, parameters: list[CommandParameter]) -> Any:
         """A hashable description of everything but the string parameter values; None: not templated.
@@ -398,21 +408,29 @@ class _PipelineTemplates:
             if value.value is None or isinstance(value.value, (bool, int, float)):
                 return ("parameter", value.name, type(value.value).__name__, value.value)
             return None
+        if type(value) in _SCALARS:  # most of the walk: type names, enum values, flags
+            return (type(value), value)
         if isinstance(value, ComplexObject):
+            # In the order the fields were set: the same for every message of a shape, and no sort per object.
             fields = []
-            for name, item in sorted(vars(value).items()):
+            for name, item in vars(value).items():
                 if name in self._CLASS_DATA:
                     continue
-                described = self._shape(item, parameters)
+                described = (type(item), item) if type(item) in _SCALARS else self._shape(item, parameters)
                 if described is None:
                     return None
                 fields.append((name, described))
-            return (type(value).__qualname__, tuple(fields))
+            return (type(value), tuple(fields))
         if isinstance(value, (list, tuple)):
-            items = tuple(self._shape(item, parameters) for item in value)
-            return None if any(item is None for item in items) else items
-        if value is None or isinstance(value, (str, bool, int, float)):
-            return (type(value).__name__, value)
+            items = []
+            for item in value:
+                described = (type(item), item) if type(item) in _SCALARS else self._shape(item, parameters)
+                if described is None:
+                    return None
+                items.append(described)
+            return tuple(items)
+        if isinstance(value, (str, bool, int, float)):
+            return (type(value), value)
         return None
 
     def _template(
@@ -434,6 +452,9 @@ class _PipelineTemplates:
                 return None
             parts.append(before)
         return [*parts, text]
+
+
+_SCALARS = frozenset({str, bool, int, float, type(None)})
 
 
 def _string_bytes(value: str, serializer: Serializer) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from xml.etree import ElementTree
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from pypsrp.messages import CreatePipeline, Message
 from pypsrp.serializer import Serializer
 
 from hybridtrust.sources.exchange import certificate_command
-from hybridtrust.sources.remoting import _PIPELINE_TEMPLATES, _RawOutputSerializer
+from hybridtrust.sources.remoting import _PIPELINE_TEMPLATES, _PipelineTemplates, _RawOutputSerializer
 
 POOL = "0b4e2f4c-2c5a-4e0f-9a51-6d3c1f0e8a11"
 PIPELINE = "7d1c9e02-3b6f-4a8d-8e27-5f9a0c4b2d63"
@@ -100,3 +101,19 @@ def test_values_pypsrp_writes_as_objects_are_left_to_pypsrp() -> None:
     assert packed(message, _RawOutputSerializer()) == packed(
         create_pipeline("Set-Thing", [("Urls", ["https://a/", "https://b/"])]), Serializer()
     )
+
+
+def test_string_values_written_before_give_the_same_bytes_and_the_cache_stays_bounded() -> None:
+    templates = _PipelineTemplates()
+    templates._STRINGS = 2
+    serializer = _RawOutputSerializer()
+    for server in ["EX01", "EX02", "EX01", "EX<3>", "EX01", "EX&4", "EX02"]:
+        message = create_pipeline("Get-ExchangeCertificate", [("Server", server)], "RawData")
+        written = templates.write(message, serializer)
+        assert written is not None and len(templates._strings) <= 2
+        expected = ElementTree.tostring(
+            Serializer().serialize(create_pipeline("Get-ExchangeCertificate", [("Server", server)], "RawData")),
+            encoding="utf-8",
+            method="xml",
+        )
+        assert written == expected
