@@ -921,7 +921,7 @@ async def collect_async(
                         http_client,
                         semaphore,
                         credential=given.get(request.tenant_id),
-                        sign_in=prepared.pop(request.tenant_id, None),
+                        sign_in=None if request.tenant_id in given else prepared.pop(request.tenant_id, None),
                     )
                     for request in requests
                 )

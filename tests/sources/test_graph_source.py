@@ -222,6 +222,38 @@ def test_prepared_sign_ins_are_used_and_closed_even_when_their_tenant_is_not_col
     assert sorted(closed) == sorted([first.tenant_id, second.tenant_id])
 
 
+def test_a_prepared_sign_in_is_closed_unused_when_the_caller_gives_that_tenant_a_credential(
+    lab: GraphLabServer, world: SampleGraphWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from hybridtrust.sources.graph import collect_async
+
+    request = secret_requests(world, monkeypatch)[0]
+    endpoints = endpoints_for(lab)
+    closed: list[str] = []
+
+    async def scenario() -> bool:
+        callers = prepare_sign_in(request, endpoints).credential
+        prepared = prepare_sign_in(request, endpoints)
+        assert callers is not None and prepared.credential is not None
+        real_close = prepared.credential.close
+
+        async def close() -> None:
+            closed.append("prepared")
+            await real_close()
+
+        monkeypatch.setattr(prepared.credential, "close", close)
+        results = await collect_async(
+            [request], endpoints, credentials={request.tenant_id: callers}, sign_ins={request.tenant_id: prepared}
+        )
+        await callers.close()
+        return not results[request.tenant_id].errors
+
+    assert asyncio.run(scenario())
+    assert closed == ["prepared"]
+
+
 def test_a_credential_that_cannot_be_prepared_fails_every_item_with_the_reason(
     lab: GraphLabServer, world: SampleGraphWorld
 ) -> None:
