@@ -390,11 +390,15 @@ class _PipelineTemplates:
 
     def _string(self, value: str, serializer: Serializer) -> bytes | None:
         # A value seen before is not written again: the projected property names repeat in every query.
-        if value not in self._strings:
-            if len(self._strings) >= self._STRINGS:
-                self._strings.clear()
-            self._strings[value] = _string_bytes(value, serializer)
-        return self._strings[value]
+        # The pool threads share the cache, so what is returned is never read back after a clear().
+        try:
+            return self._strings[value]
+        except KeyError:
+            pass
+        if len(self._strings) >= self._STRINGS:
+            self._strings.clear()
+        written = self._strings[value] = _string_bytes(value, serializer)
+        return written
 
     def _shape(self, value: Any, parameters: list[CommandParameter]) -> Any:
         """A hashable description of everything but the string parameter values; None: not templated.
